@@ -1,0 +1,241 @@
+"""Schedule config + model + optimizer -> a CompressionScheduler with its policies.
+
+Every ``class:`` is looked up in a registry; arguments are checked against the constructor; weight
+names are matched against the model (exactly, with or without DataParallel's ``module.`` segments,
+as globs, or as ``re:`` regular expressions). Everything is validated before anything is changed:
+a schedule that fails leaves the model, the optimizer and a passed-in scheduler as they were.
+"""
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from . import config as cfg
+from .errors import ComponentArgError, ScheduleError, listing, suggest
+from .masks import normalize_name, unwrap
+from .policies import LRPolicy, PruningPolicy, RegularizationPolicy
+from .registry import SECTIONS
+from .scheduler import CompressionScheduler
+
+# Constructor arguments that carry parameter names: lists of names, and dicts keyed by names.
+NAME_LIST_ARGS = ("weights",)
+NAME_DICT_ARGS = ("thresholds", "sensitivities", "levels", "reg_regims")
+_GLOB_CHARS = set("*?[")
+
+
+def is_pattern(key: str) -> bool:
+    return key.startswith("re:") or bool(_GLOB_CHARS & set(key))
+
+
+def match_names(pattern: str, names: Sequence[str]) -> List[str]:
+    """The parameter names ``pattern`` selects, in model order.
+
+    An exact name, the same name with or without ``module.`` segments, a glob (``*``, ``?``,
+    ``[...]``, matched against names without ``module.``) or ``re:<regex>`` (a full match).
+    """
+    if pattern in names:
+        return [pattern]
+    norm = normalize_name(pattern)
+    if pattern.startswith("re:"):
+        rx = re.compile(pattern[3:])
+        return [n for n in names if rx.fullmatch(normalize_name(n)) or rx.fullmatch(n)]
+    if is_pattern(pattern):
+        return [n for n in names if fnmatch.fnmatchcase(normalize_name(n), norm)
+                or fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in names if normalize_name(n) == norm]
+
+
+def _no_match(key: str, names: Sequence[str]) -> str:
+    norm = [normalize_name(n) for n in names]
+    near = suggest(normalize_name(key), norm)
+    return (f"'{key}' matches no parameter of the model{near}; parameters: {listing(norm, 8)}")
+
+
+class _Locator:
+    """Turns an argument path of a component into a file:line:key error."""
+
+    def __init__(self, path: Optional[str], component: cfg.Component):
+        self.path, self.component = path, component
+
+    def error(self, key: str, message: str) -> ScheduleError:
+        raw = self.component.raw
+        parts = key.split(".", 1)
+        line = cfg.line_of(raw, parts[0]) if isinstance(raw, Mapping) and parts[0] in raw else self.component.line
+        if len(parts) == 2 and isinstance(raw, Mapping) and isinstance(raw.get(parts[0]), Mapping):
+            inner = raw[parts[0]]
+            for k in inner:
+                if k == parts[1] or normalize_name(str(k)) == normalize_name(parts[1]):
+                    line = cfg.line_of(inner, k)
+                    break
+        return ScheduleError(message, self.path, line, f"{self.component.key}.{key}")
+
+
+def resolve_args(component: cfg.Component, names: Sequence[str], loc: _Locator) -> Dict[str, Any]:
+    """The component's YAML args with name lists/dicts resolved to the model's parameter names."""
+    args = dict(component.args)
+    for key in NAME_LIST_ARGS:
+        if key in args:
+            value = args[key]
+            if isinstance(value, str):   # Distiller matched a bare string by substring; we take it as one name
+                value = [value]
+            if not isinstance(value, list) or not value:
+                raise loc.error(key, f"must be a non-empty list of weight names or patterns; got {value!r}")
+            resolved: List[str] = []
+            for i, pattern in enumerate(value):
+                found = match_names(str(pattern), names)
+                if not found:
+                    raw_list = component.raw.get(key)
+                    line = cfg.line_of(raw_list, i) if isinstance(raw_list, list) else None
+                    raise ScheduleError(_no_match(str(pattern), names), loc.path, line,
+                                        f"{component.key}.{key}[{i}]")
+                resolved.extend(n for n in found if n not in resolved)
+            args[key] = resolved
+    for key in NAME_DICT_ARGS:
+        if key in args:
+            value = args[key]
+            if not isinstance(value, Mapping) or not value:
+                raise loc.error(key, f"must map weight names (or patterns, '*' for all) to values; got {value!r}")
+            resolved_d: Dict[str, Any] = {}
+            # exact names first, then patterns in order, and Distiller's '*' default last
+            ordered = sorted(value.items(), key=lambda kv: (str(kv[0]) == "*") + is_pattern(str(kv[0])))
+            for pattern, v in ordered:
+                found = match_names(str(pattern), names)
+                if not found:
+                    raise loc.error(f"{key}.{pattern}", _no_match(str(pattern), names))
+                for n in found:
+                    resolved_d.setdefault(n, v)
+            args[key] = {n: resolved_d[n] for n in names if n in resolved_d}   # model order
+    return args
+
+
+def construct(component: cfg.Component, path: Optional[str], params: Mapping[str, torch.Tensor],
+              extra: Mapping[str, Any]):
+    """Instantiate a registered class from its YAML args, checking them against its signature."""
+    cls = SECTIONS[component.section].get(component.class_name)
+    loc = _Locator(path, component)
+    args = resolve_args(component, list(params), loc)
+    sig = inspect.signature(cls.__init__)
+    accepted = [p for p in list(sig.parameters.values())[1:]
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    injected = {"name", "model", "optimizer", "last_epoch"}
+    valid = [p.name for p in accepted if p.name not in injected]
+    for key in args:
+        if key not in valid:
+            raise loc.error(str(key), f"{component.class_name} has no parameter '{key}'"
+                            f"{suggest(key, valid)}; valid: {', '.join(valid) or 'none'}")
+    missing = [p.name for p in accepted if p.default is p.empty and p.name not in injected
+               and p.name not in args]
+    if missing:
+        raise ScheduleError(f"{component.class_name} needs {', '.join(missing)}", path,
+                            component.line, component.key)
+    kwargs = dict(args)
+    for key, value in extra.items():
+        if key in sig.parameters:
+            kwargs[key] = value
+    try:
+        obj = cls(**kwargs)
+        check = getattr(obj, "check", None)
+        if check is not None and component.section in ("pruners", "regularizers"):
+            check({n: params[n] for n in getattr(obj, "param_names", [])})
+    except ComponentArgError as e:
+        raise loc.error(e.key, e.reason) from None
+    except (TypeError, ValueError) as e:
+        raise ScheduleError(f"{component.class_name}: {e}", path, component.line,
+                            component.key) from None
+    return obj
+
+
+def _build_lr_scheduler(component: cfg.Component, path, params, optimizer, resumed_epoch,
+                        n_steps_done: int):
+    """Build an LR scheduler without moving the learning rate of a resumed run.
+
+    PyTorch schedulers take a step when constructed. For a fresh run that is the intended start;
+    for a resumed one, the optimizer already holds the lr the run had reached, so it is kept and
+    the scheduler is told how many steps it has already taken.
+    """
+    if optimizer is None:
+        raise ScheduleError("an lr_scheduler needs the optimizer: pass it to file_config/dict_config",
+                            path, component.line, component.key)
+    before = [g["lr"] for g in optimizer.param_groups]
+    if resumed_epoch is not None:
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+    sched = construct(component, path, params, {"optimizer": optimizer})
+    if resumed_epoch is not None:
+        for g, lr in zip(optimizer.param_groups, before):
+            g["lr"] = lr
+        if hasattr(sched, "last_epoch"):
+            sched.last_epoch = n_steps_done
+        if hasattr(sched, "base_lrs"):
+            sched.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        sched._last_lr = list(before)
+    return sched
+
+
+def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
+          scheduler: Optional[CompressionScheduler] = None,
+          resumed_epoch: Optional[int] = None) -> CompressionScheduler:
+    """Build (or extend) a CompressionScheduler from a parsed schedule."""
+    path = schedule.path
+    params = dict(unwrap(model).named_parameters())
+    built: Dict[Tuple[str, str], Any] = {}
+    for section in ("pruners", "regularizers", "extensions"):
+        for name, component in schedule.components[section].items():
+            built[(section, name)] = construct(component, path, params, {"name": name, "model": model})
+
+    plan = []   # (policy, spec) in the order they will be added: LR policies last
+    for spec in schedule.policies:
+        section = cfg.POLICY_KINDS[spec.kind]
+        if spec.kind == "pruner":
+            policy = PruningPolicy(built[(section, spec.instance_name)], spec.args)
+        elif spec.kind == "regularizer":
+            policy = RegularizationPolicy(built[(section, spec.instance_name)],
+                                          keep_mask=bool(spec.args.get("keep_mask", False)))
+        elif spec.kind == "extension":
+            policy = built[(section, spec.instance_name)]
+        else:
+            continue
+        plan.append((policy, spec))
+
+    lr_specs = [s for s in schedule.policies if s.kind == "lr_scheduler"]
+    used = {}
+    for spec in lr_specs:
+        if spec.instance_name in used:
+            raise ScheduleError(f"lr_scheduler '{spec.instance_name}' is already used by "
+                                f"{used[spec.instance_name]}; one scheduler cannot be stepped by two "
+                                f"policies", path, cfg.line_of(spec.raw), spec.key)
+        used[spec.instance_name] = spec.key
+    if scheduler is None:
+        scheduler = CompressionScheduler(model)
+    # Everything above only validated and constructed; from here on the optimizer is touched.
+    for spec in lr_specs:
+        component = schedule.components["lr_schedulers"][spec.instance_name]
+        done = 0 if resumed_epoch is None else sum(1 for e in spec.firing_epochs() if e <= resumed_epoch)
+        sched = _build_lr_scheduler(component, path, params, optimizer, resumed_epoch, done)
+        plan.append((LRPolicy(sched, spec.instance_name), spec))
+    for policy, spec in plan:
+        scheduler.add_policy(policy, epochs=spec.firing_epochs(),
+                             key=f"{spec.key}:{spec.kind}:{spec.instance_name}")
+    return scheduler
+
+
+def dict_config(model: nn.Module, optimizer, sched_dict: Mapping, scheduler=None,
+                resumed_epoch: Optional[int] = None, path: Optional[str] = "<dict>") -> CompressionScheduler:
+    """Distiller's ``dict_config``: build a scheduler from an already-parsed schedule mapping."""
+    return build(cfg.from_dict(sched_dict, path), model, optimizer, scheduler, resumed_epoch)
+
+
+def file_config(model: nn.Module, optimizer, filename, scheduler=None,
+                resumed_epoch: Optional[int] = None) -> CompressionScheduler:
+    """Distiller's ``file_config``: read a YAML schedule and build its CompressionScheduler.
+
+    ``scheduler`` (e.g. one restored from a checkpoint) gets the new policies added to it.
+    ``resumed_epoch`` is the last completed epoch of a resumed run; LR schedulers then continue
+    from there without moving the learning rate.
+    """
+    return build(cfg.load(filename), model, optimizer, scheduler, resumed_epoch)

@@ -1,0 +1,313 @@
+"""YAML text -> a plain, validated schedule description, every error located by file, line and key.
+
+Loading is safe: a ``yaml.SafeLoader`` subclass that builds ordinary dicts and lists which remember
+the line of every key and item, so later stages (the builder) can point at the exact place of a
+mistake. Nothing here knows the model; name matching and class construction happen in ``builder``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import yaml
+
+from .errors import ScheduleError, listing, suggest
+from .registry import SECTIONS
+
+POLICY_KINDS = {"pruner": "pruners", "regularizer": "regularizers",
+                "lr_scheduler": "lr_schedulers", "extension": "extensions"}
+TOP_LEVEL_KEYS = ("version", "pruners", "regularizers", "lr_schedulers", "extensions", "policies")
+SCHEDULING_KEYS = ("epochs", "starting_epoch", "ending_epoch", "frequency")
+PRUNING_POLICY_ARGS = {
+    "levels": dict, "keep_mask": bool, "mini_batch_pruning_frequency": int,
+    "mask_on_forward_only": bool, "mask_gradients": bool, "use_double_copies": bool,
+    "discard_masks_at_minibatch_end": bool, "fold_batchnorm": bool, "skip_first_minibatch": bool,
+}
+REGULARIZATION_POLICY_ARGS = {"keep_mask": bool}
+
+
+class LDict(dict):
+    """A dict that remembers the line of each key (1-based) and of itself."""
+    line: Optional[int] = None
+    key_lines: Dict[Any, int]
+
+
+class LList(list):
+    """A list that remembers the line of each item (1-based) and of itself."""
+    line: Optional[int] = None
+    item_lines: List[int]
+
+
+class _LocatingLoader(yaml.SafeLoader):
+    """SafeLoader that records line numbers; rejects duplicate keys (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        self.flatten_mapping(node)
+        out = LDict()
+        out.line, out.key_lines = node.start_mark.line + 1, {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in out:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first on line {out.key_lines[key]})",
+                    key_node.start_mark)
+            out[key] = self.construct_object(value_node, deep=True)
+            out.key_lines[key] = key_node.start_mark.line + 1
+        return out
+
+    def construct_sequence(self, node, deep=False):
+        out = LList(self.construct_object(child, deep=True) for child in node.value)
+        out.line, out.item_lines = node.start_mark.line + 1, [c.start_mark.line + 1 for c in node.value]
+        return out
+
+
+_LocatingLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                _LocatingLoader.construct_mapping)
+_LocatingLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG,
+                                _LocatingLoader.construct_sequence)
+
+
+def line_of(container: Any, key: Any = None) -> Optional[int]:
+    """The line of ``container[key]`` (or of the container itself), when the YAML recorded it."""
+    if key is not None:
+        if isinstance(container, LDict):
+            return container.key_lines.get(key, container.line)
+        if isinstance(container, LList) and isinstance(key, int) and key < len(container.item_lines):
+            return container.item_lines[key]
+    return getattr(container, "line", None)
+
+
+@dataclass
+class Component:
+    """One named entry of pruners/regularizers/lr_schedulers/extensions."""
+    section: str
+    name: str
+    class_name: str
+    args: Dict[str, Any]
+    raw: Any = None            # the mapping as parsed, to locate argument errors
+    line: Optional[int] = None  # the line of the instance name
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+@dataclass
+class PolicySpec:
+    """One entry of ``policies``: which component, when, and with which policy args."""
+    index: int
+    kind: str                  # pruner | regularizer | lr_scheduler | extension
+    instance_name: str
+    epochs: Optional[List[int]] = None
+    starting_epoch: Optional[int] = None
+    ending_epoch: Optional[int] = None
+    frequency: int = 1
+    args: Dict[str, Any] = field(default_factory=dict)
+    raw: Any = None
+
+    @property
+    def key(self) -> str:
+        return f"policies[{self.index}]"
+
+    def firing_epochs(self) -> List[int]:
+        """The epochs at which this policy acts, in order (``ending_epoch`` is exclusive)."""
+        if self.epochs is not None:
+            return list(self.epochs)
+        return list(range(self.starting_epoch, self.ending_epoch, self.frequency))
+
+
+@dataclass
+class ScheduleConfig:
+    """A parsed and validated schedule, independent of any model."""
+    path: Optional[str]
+    version: Any
+    components: Dict[str, Dict[str, Component]]
+    policies: List[PolicySpec]
+    raw: Any = None
+
+    def error(self, message: str, container: Any = None, key: Any = None,
+              keypath: Optional[str] = None) -> ScheduleError:
+        return ScheduleError(message, self.path, line_of(container, key) if container is not None
+                             else None, keypath)
+
+
+def load(path: Union[str, os.PathLike]) -> ScheduleConfig:
+    """Read and validate a YAML schedule file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ScheduleError("schedule file not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScheduleError(f"cannot read schedule file: {e}", path) from None
+    return loads(text, path)
+
+
+def loads(text: str, path: Optional[str] = "<string>") -> ScheduleConfig:
+    """Parse and validate YAML text; ``path`` is only used in messages."""
+    try:
+        data = yaml.load(text, Loader=_LocatingLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        problem = " ".join(str(x) for x in (e.context, e.problem) if x)
+        raise ScheduleError(f"YAML syntax error: {problem}", path, line) from None
+    except yaml.YAMLError as e:
+        raise ScheduleError(f"YAML syntax error: {e}", path) from None
+    return from_dict(data, path)
+
+
+def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
+    """Validate an already-parsed schedule (a mapping like the YAML's)."""
+    def err(message, container=None, key=None, keypath=None):
+        return ScheduleError(message, path, line_of(container, key) if container is not None
+                             else None, keypath)
+
+    if data is None:
+        raise err("the schedule is empty; it needs at least a 'policies' list")
+    if not isinstance(data, Mapping):
+        raise err(f"the schedule must be a mapping of {', '.join(TOP_LEVEL_KEYS)}; "
+                  f"got {type(data).__name__}", data)
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            hint = (" (quantization is not supported by compressor)" if key == "quantizers"
+                    else suggest(key, TOP_LEVEL_KEYS))
+            raise err(f"unknown top-level key{hint}; valid: {', '.join(TOP_LEVEL_KEYS)}",
+                      data, key, str(key))
+
+    components: Dict[str, Dict[str, Component]] = {}
+    for section, registry in SECTIONS.items():
+        entries = data.get(section) or {}
+        components[section] = {}
+        if not isinstance(entries, Mapping):
+            raise err(f"must map instance names to components ({{name: {{class: ..., ...}}}}); "
+                      f"got {type(entries).__name__}", data, section, section)
+        for name, spec in entries.items():
+            keypath = f"{section}.{name}"
+            if not isinstance(spec, Mapping):
+                raise err("a component must be a mapping with a 'class' key and its parameters",
+                          entries, name, keypath)
+            if "class" not in spec:
+                raise err(f"missing 'class'; e.g. class: {registry.names()[0] if registry.names() else '...'}",
+                          entries, name, keypath)
+            class_name = spec["class"]
+            if not isinstance(class_name, str) or class_name not in registry:
+                raise err(registry.unknown_message(class_name), spec, "class", f"{keypath}.class")
+            args = {k: v for k, v in spec.items() if k != "class"}
+            components[section][str(name)] = Component(section, str(name), class_name, args, spec,
+                                                        line_of(entries, name))
+
+    if "policies" not in data:
+        raise err("missing 'policies': a list saying when each component acts", data)
+    raw_policies = data["policies"]
+    if raw_policies is None:
+        raw_policies = []
+    if not isinstance(raw_policies, list):
+        raise err(f"'policies' must be a list; got {type(raw_policies).__name__}",
+                  data, "policies", "policies")
+    policies = [_policy(i, p, raw_policies, components, err) for i, p in enumerate(raw_policies)]
+    return ScheduleConfig(path, data.get("version"), components, policies, data)
+
+
+def _policy(index, raw, parent, components, err) -> PolicySpec:
+    keypath = f"policies[{index}]"
+    if not isinstance(raw, Mapping):
+        raise err("a policy must be a mapping, e.g. {pruner: {instance_name: p}, epochs: [0]}",
+                  parent, index, keypath)
+    kinds = [k for k in raw if k in POLICY_KINDS]
+    if len(kinds) != 1:
+        what = "names no component" if not kinds else f"names {len(kinds)} components ({', '.join(kinds)})"
+        raise err(f"a policy {what}; it needs exactly one of {', '.join(POLICY_KINDS)}",
+                  parent, index, keypath)
+    kind = kinds[0]
+    for key in raw:
+        if key not in POLICY_KINDS and key not in SCHEDULING_KEYS:
+            hint = suggest(key, list(POLICY_KINDS) + list(SCHEDULING_KEYS))
+            raise err(f"unknown policy key{hint}; valid: {', '.join(list(POLICY_KINDS) + list(SCHEDULING_KEYS))}",
+                      raw, key, f"{keypath}.{key}")
+
+    ref = raw[kind]
+    if isinstance(ref, str):  # tolerate {pruner: name}
+        ref = {"instance_name": ref}
+    if not isinstance(ref, Mapping) or "instance_name" not in ref:
+        raise err(f"must be {{instance_name: <name>, args: {{...}}}}", raw, kind, f"{keypath}.{kind}")
+    for key in ref:
+        if key not in ("instance_name", "args"):
+            raise err(f"unknown key{suggest(key, ['instance_name', 'args'])}; valid: instance_name, args",
+                      ref, key, f"{keypath}.{kind}.{key}")
+    name = ref["instance_name"]
+    section = POLICY_KINDS[kind]
+    defined = components[section]
+    if str(name) not in defined:
+        have = listing(defined) if defined else "none"
+        raise err(f"'{name}' is not defined in '{section}'{suggest(name, defined)}; defined: {have}",
+                  ref, "instance_name", f"{keypath}.{kind}.instance_name")
+
+    args = ref.get("args") or {}
+    if not isinstance(args, Mapping):
+        raise err("'args' must be a mapping", ref, "args", f"{keypath}.{kind}.args")
+    allowed = {"pruner": PRUNING_POLICY_ARGS, "regularizer": REGULARIZATION_POLICY_ARGS}.get(kind, {})
+    for key, value in args.items():
+        akey = f"{keypath}.{kind}.args.{key}"
+        if key not in allowed:
+            valid = ", ".join(allowed) if allowed else f"none ({kind} policies take no args)"
+            raise err(f"unknown {kind} policy arg{suggest(key, allowed)}; valid: {valid}", args, key, akey)
+        want = allowed[key]
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if not ok:
+            raise err(f"must be {want.__name__}; got {value!r}", args, key, akey)
+        if key == "mini_batch_pruning_frequency" and value < 0:
+            raise err(f"must be >= 0 (0 disables); got {value}", args, key, akey)
+    if args.get("mask_gradients") and not args.get("mask_on_forward_only"):
+        raise err("mask_gradients needs mask_on_forward_only: True (otherwise the mask already "
+                  "zeroes those weights after every step)", args, "mask_gradients",
+                  f"{keypath}.{kind}.args.mask_gradients")
+
+    spec = PolicySpec(index, kind, str(name), args=dict(args), raw=raw)
+    _schedule_keys(spec, raw, keypath, err)
+    return spec
+
+
+def _int(raw, key, keypath, err, minimum=0):
+    value = raw[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise err(f"must be an integer epoch; got {value!r}", raw, key, f"{keypath}.{key}")
+    if value < minimum:
+        raise err(f"must be >= {minimum}; got {value}", raw, key, f"{keypath}.{key}")
+    return value
+
+
+def _schedule_keys(spec: PolicySpec, raw, keypath, err) -> None:
+    has_list = "epochs" in raw
+    range_keys = [k for k in ("starting_epoch", "ending_epoch", "frequency") if k in raw]
+    if has_list and range_keys:
+        raise err(f"give either 'epochs' or starting_epoch/ending_epoch/frequency, not both "
+                  f"(found epochs and {', '.join(range_keys)})", raw, "epochs", f"{keypath}.epochs")
+    if has_list:
+        epochs = raw["epochs"]
+        if not isinstance(epochs, list) or not epochs:
+            raise err(f"must be a non-empty list of epochs, e.g. [0, 2, 4]; got {epochs!r}",
+                      raw, "epochs", f"{keypath}.epochs")
+        for i, e in enumerate(epochs):
+            if not isinstance(e, int) or isinstance(e, bool) or e < 0:
+                raise err(f"epochs must be integers >= 0; item {i} is {e!r}", epochs, i,
+                          f"{keypath}.epochs[{i}]")
+        if sorted(set(epochs)) != list(epochs):
+            raise err(f"epochs must be strictly increasing; got {list(epochs)}", raw, "epochs",
+                      f"{keypath}.epochs")
+        spec.epochs = list(epochs)
+        return
+    if "starting_epoch" not in raw or "ending_epoch" not in raw:
+        missing = [k for k in ("starting_epoch", "ending_epoch") if k not in raw]
+        raise err(f"missing {' and '.join(missing)}: a policy needs 'epochs: [...]' or "
+                  f"starting_epoch/ending_epoch (exclusive)/frequency", raw, None, keypath)
+    spec.starting_epoch = _int(raw, "starting_epoch", keypath, err)
+    spec.ending_epoch = _int(raw, "ending_epoch", keypath, err)
+    if spec.ending_epoch <= spec.starting_epoch:
+        raise err(f"ending_epoch ({spec.ending_epoch}) must be greater than starting_epoch "
+                  f"({spec.starting_epoch}); ending_epoch is exclusive", raw, "ending_epoch",
+                  f"{keypath}.ending_epoch")
+    if "frequency" in raw:
+        spec.frequency = _int(raw, "frequency", keypath, err, minimum=1)

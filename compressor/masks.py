@@ -1,0 +1,133 @@
+"""One mask per pruned parameter, applied in place.
+
+Parameter names and identities never change: a mask multiplies ``param.data`` in place, so the
+optimizer keeps the same tensors. Masks are kept in the parameter's dtype and device so that all of
+them are applied with one fused ``torch._foreach_mul_`` call per step (this is the scheduler's hot
+path). Masks are plain tensors; the store's ``state_dict`` holds them as bool tensors.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def normalize_name(name: str) -> str:
+    """A parameter name without the ``module.`` segments DataParallel/DDP wrappers add."""
+    return ".".join(part for part in name.split(".") if part != "module") if "module" in name else name
+
+
+class MaskStore:
+    """Masks of a model's parameters, by name, with Distiller's per-parameter switches.
+
+    ``forward_only`` names are masked only before the forward pass (``mask_on_forward_only``), not
+    after the optimizer step, so the dense weights keep learning.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.params: Dict[str, nn.Parameter] = dict(unwrap(model).named_parameters())
+        self.masks: Dict[str, torch.Tensor] = {}
+        self.forward_only: set = set()
+        self._grad_hooks: Dict[str, object] = {}
+        self._fused: Optional[tuple] = None  # cached (params, masks) lists for the hot path
+
+    # -- editing -------------------------------------------------------------------------------
+    def set(self, name: str, mask: Optional[torch.Tensor], intersect: bool = True) -> None:
+        """Install ``mask`` (bool or 0/1) for ``name``; ``None`` removes it.
+
+        With ``intersect`` the new mask is combined with the old one so masks only ever add zeros.
+        """
+        self._fused = None
+        if mask is None:
+            self.masks.pop(name, None)
+            return
+        param = self.params[name]
+        if mask.shape != param.shape:
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, "
+                             f"parameter has {tuple(param.shape)}")
+        mask = mask.to(device=param.device, dtype=param.dtype)
+        old = self.masks.get(name)
+        if intersect and old is not None:
+            mask = mask * old
+        self.masks[name] = mask
+
+    def remove(self, name: str) -> None:
+        self.set(name, None)
+
+    def rebind(self, model: nn.Module) -> None:
+        """Point at the (possibly replaced) parameters of ``model``, e.g. after thinning."""
+        self.params = dict(unwrap(model).named_parameters())
+        self._fused = None
+
+    # -- applying ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def apply(self, names: Optional[Iterable[str]] = None) -> None:
+        """Multiply the named parameters (default: every masked one) by their masks."""
+        names = self.masks if names is None else [n for n in names if n in self.masks]
+        params = [self.params[n] for n in names]
+        if params:
+            torch._foreach_mul_(params, [self.masks[n] for n in names])
+
+    @torch.no_grad()
+    def apply_after_step(self) -> None:
+        """Re-zero pruned weights after the optimizer step (momentum, decay and Adam revive them)."""
+        if self._fused is None:
+            names = [n for n in self.masks if n not in self.forward_only]
+            self._fused = ([self.params[n] for n in names], [self.masks[n] for n in names])
+        params, masks = self._fused
+        if params:
+            torch._foreach_mul_(params, masks)
+
+    def set_forward_only(self, name: str, on: bool) -> None:
+        self._fused = None
+        (self.forward_only.add if on else self.forward_only.discard)(name)
+
+    def mask_gradients(self, name: str, on: bool) -> None:
+        """Zero the gradient of pruned weights (used with ``mask_on_forward_only``)."""
+        handle = self._grad_hooks.pop(name, None)
+        if handle is not None:
+            handle.remove()
+        if on:
+            self._grad_hooks[name] = self.params[name].register_hook(
+                lambda g, n=name: g * self.masks[n] if n in self.masks else g)
+
+    # -- queries and state ---------------------------------------------------------------------
+    def sparsity(self, name: str) -> float:
+        mask = self.masks.get(name)
+        return 0.0 if mask is None else 1.0 - float(mask.count_nonzero()) / mask.numel()
+
+    def state_dict(self) -> dict:
+        return {"masks": {normalize_name(n): m.detach().to("cpu", torch.bool).clone()
+                          for n, m in self.masks.items()},
+                "forward_only": sorted(normalize_name(n) for n in self.forward_only)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        by_norm = {normalize_name(n): n for n in self.params}
+        masks = {}
+        for key, mask in state.get("masks", {}).items():
+            name = by_norm.get(normalize_name(key))
+            if name is None:
+                raise CheckpointError(f"mask for '{key}' has no parameter of that name in the model")
+            if tuple(mask.shape) != tuple(self.params[name].shape):
+                raise CheckpointError(f"mask for '{key}' has shape {tuple(mask.shape)} but the "
+                                      f"parameter has {tuple(self.params[name].shape)}")
+            masks[name] = mask
+        self.masks = {}
+        for name, mask in masks.items():
+            self.set(name, mask, intersect=False)
+        self.forward_only = {by_norm[n] for n in state.get("forward_only", []) if n in by_norm}
+        self._fused = None

@@ -1,0 +1,176 @@
+"""CompressionScheduler: ordered policies, the six training-loop events, and their state.
+
+The training loop calls, per epoch and minibatch::
+
+    on_epoch_begin · on_minibatch_begin · forward · before_backward_pass · backward ·
+    before_parameter_optimization · optimizer.step() · on_minibatch_end · ... · on_epoch_end
+
+Signatures follow Distiller's so a ported loop changes its imports and little else. Policies act in
+the order they were added. After every optimizer step all masks are re-applied (one fused multiply),
+which keeps pruned weights at exactly zero through momentum, weight decay and Adam.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .masks import MaskStore, unwrap
+from .policies import LossComponent, PolicyLoss, ScheduledTrainingPolicy
+
+
+class _MaskerView:
+    """Distiller's ``zeros_mask_dict[name].mask`` access, backed by the mask store."""
+
+    def __init__(self, store: MaskStore, name: str):
+        self._store, self.param_name = store, name
+
+    @property
+    def mask(self) -> Optional[torch.Tensor]:
+        return self._store.masks.get(self.param_name)
+
+    @mask.setter
+    def mask(self, value: Optional[torch.Tensor]) -> None:
+        self._store.set(self.param_name, value, intersect=False)
+
+    def apply_mask(self, param=None):
+        self._store.apply([self.param_name])
+
+
+class CompressionScheduler:
+    """Dispatches training-loop events to policies, in order, on the epochs they are scheduled."""
+
+    def __init__(self, model: nn.Module, zeros_mask_dict=None, device=None):
+        self.model = model
+        self.store = MaskStore(model)
+        self.policies: Dict[int, List[ScheduledTrainingPolicy]] = defaultdict(list)
+        self.ordered: List[ScheduledTrainingPolicy] = []
+        self.keys: List[str] = []
+        self.recipes: List[dict] = []     # thinning recipes applied to this model, in order
+
+    # -- building ------------------------------------------------------------------------------
+    def add_policy(self, policy: ScheduledTrainingPolicy, epochs: Optional[Sequence[int]] = None,
+                   starting_epoch: Optional[int] = None, ending_epoch: Optional[int] = None,
+                   frequency: int = 1, key: Optional[str] = None) -> None:
+        """Schedule ``policy`` on ``epochs`` or on range(starting_epoch, ending_epoch, frequency)."""
+        if epochs is None:
+            if starting_epoch is None or ending_epoch is None:
+                raise ValueError("add_policy needs epochs=[...] or starting_epoch and ending_epoch")
+            if not 0 <= starting_epoch < ending_epoch or frequency < 1:
+                raise ValueError(f"bad epoch range: starting_epoch={starting_epoch}, "
+                                 f"ending_epoch={ending_epoch} (exclusive), frequency={frequency}")
+            epochs = range(starting_epoch, ending_epoch, frequency)
+        elif starting_epoch is not None or ending_epoch is not None:
+            raise ValueError("add_policy takes epochs=[...] or a range, not both")
+        policy.epochs = sorted(set(int(e) for e in epochs))
+        if not policy.epochs:
+            raise ValueError("a policy needs at least one epoch")
+        for epoch in policy.epochs:
+            self.policies[epoch].append(policy)
+        self.ordered.append(policy)
+        self.keys.append(key or f"{len(self.ordered) - 1}:{type(policy).__name__}:{policy.name}")
+
+    @property
+    def zeros_mask_dict(self) -> Dict[str, _MaskerView]:
+        return {name: _MaskerView(self.store, name) for name in self.store.params}
+
+    @property
+    def masks(self) -> Dict[str, torch.Tensor]:
+        return dict(self.store.masks)
+
+    # -- events --------------------------------------------------------------------------------
+    def on_epoch_begin(self, epoch: int, optimizer=None, **kwargs) -> None:
+        for policy in self.policies.get(epoch, ()):
+            policy.on_epoch_begin(epoch, self.store, self.model, optimizer)
+
+    def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                           optimizer=None) -> None:
+        for policy in self.policies.get(epoch, ()):
+            policy.on_minibatch_begin(epoch, minibatch_id, minibatches_per_epoch, self.store,
+                                      self.model, optimizer)
+
+    def before_backward_pass(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                             loss: torch.Tensor, optimizer=None, return_loss_components: bool = False):
+        """The loss with every active regularizer's term added (the input tensor is not modified).
+
+        With ``return_loss_components`` returns ``PolicyLoss(overall_loss, [LossComponent(name,
+        value), ...])`` so the terms can be logged by name.
+        """
+        overall, components = loss, []
+        for policy in self.policies.get(epoch, ()):
+            out = policy.before_backward_pass(epoch, minibatch_id, minibatches_per_epoch, overall,
+                                              self.store, self.model, optimizer)
+            if out is not None:
+                if not isinstance(out, PolicyLoss):
+                    raise TypeError(f"{type(policy).__name__}.before_backward_pass must return "
+                                    f"PolicyLoss or None; got {type(out).__name__}")
+                overall = out.overall_loss
+                components.extend(out.loss_components)
+        return PolicyLoss(overall, components) if return_loss_components else overall
+
+    def before_parameter_optimization(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                                      optimizer=None) -> None:
+        for policy in self.policies.get(epoch, ()):
+            policy.before_parameter_optimization(epoch, minibatch_id, minibatches_per_epoch,
+                                                 self.store, self.model, optimizer)
+
+    def on_minibatch_end(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                         optimizer=None) -> None:
+        self.store.apply_after_step()
+        for policy in self.policies.get(epoch, ()):
+            policy.on_minibatch_end(epoch, minibatch_id, minibatches_per_epoch, self.store,
+                                    self.model, optimizer)
+
+    def on_epoch_end(self, epoch: int, optimizer=None, metrics: Optional[Mapping] = None,
+                     **kwargs) -> None:
+        for policy in self.policies.get(epoch, ()):
+            policy.on_epoch_end(epoch, self.store, self.model, optimizer, metrics)
+
+    def mask_all_weights(self, is_forward: bool = True) -> None:
+        """Apply every mask now (Distiller's name); forward-only masks too when ``is_forward``."""
+        if is_forward:
+            self.store.apply()
+        else:
+            self.store.apply_after_step()
+
+    def masks_sparsity(self) -> Dict[str, float]:
+        return {name: self.store.sparsity(name) for name in self.store.masks}
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Masks, every policy's state (pruner caches, LR schedulers) and thinning recipes."""
+        return {"masks_dict": self.store.state_dict(),
+                "policies": {key: policy.state_dict() for key, policy in zip(self.keys, self.ordered)},
+                "thinning_recipes": list(self.recipes)}
+
+    def load_state_dict(self, state: Mapping, normalize_dataparallel_keys: bool = False) -> None:
+        """Restore masks and policy states; masks are applied to the weights at once.
+
+        Policies are matched by their key (position, type and instance name); states of policies
+        the current schedule does not have are ignored, so a schedule can be extended on resume.
+        """
+        if not isinstance(state, Mapping) or "masks_dict" not in state:
+            raise CheckpointError("not a compression scheduler state (no 'masks_dict')")
+        masks = state["masks_dict"]
+        if isinstance(masks, Mapping) and "masks" not in masks:   # Distiller: {name: mask|None}
+            masks = {"masks": {k: v for k, v in masks.items() if v is not None}}
+        self.store.load_state_dict(masks)
+        saved = state.get("policies", {})
+        for key, policy in zip(self.keys, self.ordered):
+            if key in saved:
+                policy.load_state_dict(saved[key])
+        self.recipes = list(state.get("thinning_recipes", []))
+        for policy in self.ordered:   # re-install forward-only switches and gradient hooks
+            configure = getattr(policy, "_configure", None)
+            if configure is not None:
+                configure(self.store, self.model)
+        self.store.apply_after_step()
+
+    def init_from_masks_dict(self, masks: Mapping[str, Optional[torch.Tensor]]) -> None:
+        for name, mask in masks.items():
+            if mask is not None:
+                self.store.set(name, mask, intersect=False)
+        self.store.apply()

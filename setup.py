@@ -1,0 +1,33 @@
+"""Install compressor: `pip install .` (add extras in brackets, e.g. `pip install .[test,digits]`)."""
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="compressor",
+    version="0.1.0",
+    description="Compress PyTorch networks while they train: pruning, regularization and thinning "
+                "driven by Distiller-compatible YAML schedules",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["compressor", "compressor.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "pyyaml>=5.4",
+        "pandas>=1.3",
+        "tabulate>=0.8",
+        "numpy>=1.21",
+    ],
+    extras_require={
+        # Real images shipped inside a package: scikit-learn's 8x8 digits, the offline default.
+        "digits": ["scikit-learn>=1.0"],
+        "images": ["pillow>=9"],                  # ImageNet-style class folders
+        "plot": ["matplotlib>=3.5"],              # sensitivity-analysis plots
+        "onnx": ["onnx>=1.14"],                   # --export-onnx
+        "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0"],
+    },
+    entry_points={"console_scripts": ["compress-classifier=compressor.app.classifier:main"]},
+    classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
+)
