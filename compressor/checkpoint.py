@@ -1,0 +1,157 @@
+"""Checkpoints: atomic writes, safe reads, and restoring a model, optimizer and scheduler.
+
+A checkpoint is a dict of tensors and plain data only (no pickled classes), so it loads with
+``torch.load(..., weights_only=True)`` and can be read without this library. Writes go to a
+temporary file in the same folder, are flushed to disk, then renamed over the target: a crash
+mid-write leaves the previous checkpoint intact, never a partial file. Loading replays any thinning
+recipes on the freshly built dense model before loading the weights.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .masks import unwrap
+
+FORMAT = "compressor-checkpoint"
+VERSION = 1
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename it to ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def make_checkpoint(model: nn.Module, optimizer=None, scheduler=None, *, arch: Optional[str] = None,
+                    dataset: Optional[str] = None, epoch: Optional[int] = None,
+                    extras: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The checkpoint dict: only tensors, numbers, strings, lists and dicts."""
+    return {
+        "format": FORMAT, "version": VERSION, "arch": arch, "dataset": dataset, "epoch": epoch,
+        "state_dict": unwrap(model).state_dict(),
+        "optimizer_state_dict": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer_type": type(optimizer).__name__ if optimizer is not None else None,
+        "compression_sched": scheduler.state_dict() if scheduler is not None else None,
+        "thinning_recipes": list(getattr(scheduler, "recipes", []) or []),
+        "extras": dict(extras or {}),
+    }
+
+
+def save_checkpoint(path: str, model: nn.Module, optimizer=None, scheduler=None, **info) -> str:
+    """Write a checkpoint atomically to ``path``; returns the path."""
+    ckpt = make_checkpoint(model, optimizer, scheduler, **info)
+    atomic_write(path, lambda f: torch.save(ckpt, f))
+    return path
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """Load and validate a checkpoint file without executing anything from it."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        hint = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+        raise CheckpointError(
+            f"{path}: refused: the file holds pickled Python objects, which could run code when "
+            f"loaded ({hint or 'weights_only load failed'}); compressor checkpoints hold only tensors "
+            f"and plain data") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: damaged or not a checkpoint ({reason})") from None
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a compressor checkpoint (no 'state_dict' entry); "
+                              f"found {type(ckpt).__name__}"
+                              + (f" with keys {', '.join(map(str, list(ckpt)[:6]))}" if isinstance(ckpt, Mapping) else ""))
+    return dict(ckpt)
+
+
+def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+    target = unwrap(model)
+    own = target.state_dict()
+    state = {k[7:] if k.startswith("module.") and k not in own else k: v for k, v in state.items()}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"shape mismatch: {'; '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
+        if missing:
+            parts.append(f"missing: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        if unexpected:
+            parts.append(f"unexpected: {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}")
+        raise CheckpointError(f"{path}: weights do not fit the model ({'; '.join(parts)})")
+    target.load_state_dict(state, strict=True)
+
+
+def restore(ckpt: Mapping[str, Any], model: nn.Module, optimizer=None, scheduler=None,
+            arch: Optional[str] = None, path: str = "checkpoint") -> None:
+    """Put a read checkpoint's state into ``model`` (and optimizer and scheduler when given).
+
+    Thinning recipes are replayed first, so a thinned checkpoint loads into a dense model built
+    from its architecture. Fails before changing anything when the architecture does not match.
+    """
+    if arch is not None and ckpt.get("arch") not in (None, arch):
+        raise CheckpointError(f"{path}: checkpoint is for architecture '{ckpt['arch']}', "
+                              f"not '{arch}'")
+    recipes = ckpt.get("thinning_recipes") or []
+    if recipes:
+        from .thinning import replay   # noqa: WPS433 - thinning is only needed for thinned models
+        replay(model, recipes, optimizer=None)
+        if scheduler is not None:
+            scheduler.store.rebind(model)
+    _load_weights(model, ckpt["state_dict"], path)
+    if optimizer is not None and ckpt.get("optimizer_state_dict") is not None:
+        saved_type = ckpt.get("optimizer_type")
+        if saved_type and saved_type != type(optimizer).__name__:
+            raise CheckpointError(f"{path}: optimizer state is for {saved_type}, not "
+                                  f"{type(optimizer).__name__}; use --reset-optimizer to start a new one")
+        try:
+            optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
+    if scheduler is not None and ckpt.get("compression_sched") is not None:
+        scheduler.load_state_dict(ckpt["compression_sched"])
+        scheduler.recipes = list(recipes)
+
+
+def load_checkpoint(model: nn.Module, chkpt_file: str, optimizer=None,
+                    model_device=None, lean_checkpoint: bool = False,
+                    strict: bool = True) -> Tuple[nn.Module, Any, Any, int]:
+    """Distiller's ``load_checkpoint``: returns (model, compression_scheduler, optimizer, start_epoch).
+
+    The compression scheduler holds the saved masks (no policies: add them with ``file_config(...,
+    scheduler=...)``). With ``lean_checkpoint`` only the weights are loaded.
+    """
+    from .scheduler import CompressionScheduler
+    ckpt = read_checkpoint(chkpt_file)
+    scheduler = None
+    if not lean_checkpoint and ckpt.get("compression_sched") is not None:
+        scheduler = CompressionScheduler(model)
+    restore(ckpt, model, None if lean_checkpoint else optimizer, scheduler, path=chkpt_file)
+    if model_device is not None:
+        model.to(model_device)
+    epoch = ckpt.get("epoch")
+    return model, scheduler, optimizer, (epoch + 1 if isinstance(epoch, int) and not lean_checkpoint else 0)
