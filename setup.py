@@ -28,6 +28,6 @@ setup(
         "onnx": ["onnx>=1.14"],                   # --export-onnx
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0"],
     },
-    entry_points={"console_scripts": ["compress-classifier=compressor.app.classifier:main"]},
+    entry_points={"console_scripts": ["compress-classifier=compressor.cli.compress_classifier:main"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )

@@ -1,0 +1,144 @@
+"""The train / validate loop for classifiers, with the scheduler's six events in their places.
+
+Apps and tests share it. It prints nothing: progress goes to an optional callback, results come
+back as plain objects.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Meter:
+    """Running sum of a value weighted by batch size."""
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, value: float, n: int) -> None:
+        self.total += value * n
+        self.count += n
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+
+@dataclass
+class EpochStats:
+    """What one pass over a loader measured."""
+    loss: float = 0.0                  # the objective (data) loss
+    overall_loss: float = 0.0          # objective plus regularization terms
+    top1: float = 0.0
+    top5: float = 0.0
+    samples: int = 0
+    seconds: float = 0.0
+    components: Dict[str, float] = field(default_factory=dict)   # regularizer terms by name
+    confusion: Optional[torch.Tensor] = None
+
+
+def correct_topk(output: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list:
+    """How many samples have the target among the top-k outputs, for each k."""
+    maxk = min(max(ks), output.size(1))
+    pred = output.topk(maxk, dim=1).indices
+    hit = pred.eq(target.view(-1, 1))
+    return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+ProgressFn = Callable[[int, int, Dict[str, float]], None]
+
+
+def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch: int,
+                scheduler=None, device: torch.device = torch.device("cpu"),
+                progress: Optional[ProgressFn] = None, print_freq: int = 0,
+                stop: Optional[Callable[[], bool]] = None) -> EpochStats:
+    """One training epoch. ``scheduler`` (a CompressionScheduler) gets every per-minibatch event.
+
+    ``stop`` is polled after each step; when it returns True the epoch ends early (e.g. on SIGINT).
+    """
+    model.train()
+    steps = len(loader)
+    meters = {"loss": Meter(), "overall": Meter(), "top1": Meter(), "top5": Meter()}
+    components: Dict[str, Meter] = {}
+    start = time.perf_counter()
+    for i, (inputs, target) in enumerate(loader):
+        inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        if scheduler is not None:
+            scheduler.on_minibatch_begin(epoch, i, steps, optimizer)
+        output = model(inputs)
+        loss = criterion(output, target)
+        overall = loss
+        if scheduler is not None:
+            out = scheduler.before_backward_pass(epoch, i, steps, loss, optimizer,
+                                                 return_loss_components=True)
+            overall = out.overall_loss
+            for comp in out.loss_components:
+                components.setdefault(comp.name, Meter()).add(float(comp.value), target.size(0))
+        optimizer.zero_grad(set_to_none=True)
+        overall.backward()
+        if scheduler is not None:
+            scheduler.before_parameter_optimization(epoch, i, steps, optimizer)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.on_minibatch_end(epoch, i, steps, optimizer)
+
+        n = target.size(0)
+        c1, c5 = correct_topk(output.detach(), target)
+        meters["loss"].add(float(loss), n)
+        meters["overall"].add(float(overall), n)
+        meters["top1"].add(100.0 * c1 / n, n)
+        meters["top5"].add(100.0 * c5 / n, n)
+        if progress is not None and print_freq and ((i + 1) % print_freq == 0 or i + 1 == steps):
+            stats = {"Overall Loss": meters["overall"].mean, "Objective Loss": meters["loss"].mean}
+            stats.update({name: m.mean for name, m in components.items()})
+            stats.update({"Top1": meters["top1"].mean, "Top5": meters["top5"].mean,
+                          "LR": optimizer.param_groups[0]["lr"],
+                          "Time": (time.perf_counter() - start) / (i + 1)})
+            progress(i + 1, steps, stats)
+        if stop is not None and stop():
+            break
+    return EpochStats(loss=meters["loss"].mean, overall_loss=meters["overall"].mean,
+                      top1=meters["top1"].mean, top5=meters["top5"].mean,
+                      samples=meters["loss"].count, seconds=time.perf_counter() - start,
+                      components={k: m.mean for k, m in components.items()})
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, criterion, device: torch.device = torch.device("cpu"),
+             num_classes: Optional[int] = None, progress: Optional[ProgressFn] = None,
+             print_freq: int = 0) -> EpochStats:
+    """Loss, top-1 and top-5 over a loader (and the confusion matrix when ``num_classes`` is set)."""
+    model.eval()
+    meters = {"loss": Meter(), "top1": Meter(), "top5": Meter()}
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long) if num_classes else None
+    start = time.perf_counter()
+    steps = len(loader)
+    for i, (inputs, target) in enumerate(loader):
+        inputs, target = inputs.to(device), target.to(device)
+        output = model(inputs)
+        n = target.size(0)
+        c1, c5 = correct_topk(output, target)
+        meters["loss"].add(float(criterion(output, target)), n)
+        meters["top1"].add(100.0 * c1 / n, n)
+        meters["top5"].add(100.0 * c5 / n, n)
+        if confusion is not None:
+            idx = target.cpu() * num_classes + output.argmax(1).cpu()
+            confusion += torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes)
+        if progress is not None and print_freq and ((i + 1) % print_freq == 0 or i + 1 == steps):
+            progress(i + 1, steps, {"Loss": meters["loss"].mean, "Top1": meters["top1"].mean,
+                                    "Top5": meters["top5"].mean})
+    return EpochStats(loss=meters["loss"].mean, overall_loss=meters["loss"].mean,
+                      top1=meters["top1"].mean, top5=meters["top5"].mean,
+                      samples=meters["loss"].count, seconds=time.perf_counter() - start,
+                      confusion=confusion)
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, loader: Iterable, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Predicted class of every sample, in loader order (for agreement between two models)."""
+    model.eval()
+    return torch.cat([model(x.to(device)).argmax(1).cpu() for x, _ in loader])
