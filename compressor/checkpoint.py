@@ -51,7 +51,7 @@ def make_checkpoint(model: nn.Module, optimizer=None, scheduler=None, *, arch: O
         "optimizer_state_dict": optimizer.state_dict() if optimizer is not None else None,
         "optimizer_type": type(optimizer).__name__ if optimizer is not None else None,
         "compression_sched": scheduler.state_dict() if scheduler is not None else None,
-        "thinning_recipes": list(getattr(scheduler, "recipes", []) or []),
+        "thinning_recipes": list(getattr(unwrap(model), "thinning_recipes", []) or []),
         "extras": dict(extras or {}),
     }
 
@@ -134,7 +134,6 @@ def restore(ckpt: Mapping[str, Any], model: nn.Module, optimizer=None, scheduler
             raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
     if scheduler is not None and ckpt.get("compression_sched") is not None:
         scheduler.load_state_dict(ckpt["compression_sched"])
-        scheduler.recipes = list(recipes)
 
 
 def load_checkpoint(model: nn.Module, chkpt_file: str, optimizer=None,

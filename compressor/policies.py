@@ -114,10 +114,11 @@ class PruningPolicy(ScheduledTrainingPolicy):
                            current={n: store.masks[n] for n in self.pruner.param_names
                                     if n in store.masks})
         regrow = self.pruner.can_regrow or self.forward_only or self.double_copies
-        for name, mask in self.pruner.masks(self._params(store), ctx).items():
+        masks = self.pruner.masks(self._params(store), ctx)
+        for name, mask in masks.items():   # may include coupled biases / batch-norm parameters
             store.set(name, mask, intersect=not regrow)
         if not self.forward_only:
-            store.apply(self.pruner.param_names)
+            store.apply(list(masks))
 
     def on_epoch_begin(self, epoch, store, model, optimizer=None):
         self._configure(store, model)

@@ -49,7 +49,6 @@ class CompressionScheduler:
         self.policies: Dict[int, List[ScheduledTrainingPolicy]] = defaultdict(list)
         self.ordered: List[ScheduledTrainingPolicy] = []
         self.keys: List[str] = []
-        self.recipes: List[dict] = []     # thinning recipes applied to this model, in order
 
     # -- building ------------------------------------------------------------------------------
     def add_policy(self, policy: ScheduledTrainingPolicy, epochs: Optional[Sequence[int]] = None,
@@ -141,10 +140,9 @@ class CompressionScheduler:
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Masks, every policy's state (pruner caches, LR schedulers) and thinning recipes."""
+        """Masks and every policy's state (pruner caches, LR schedulers), as plain data."""
         return {"masks_dict": self.store.state_dict(),
-                "policies": {key: policy.state_dict() for key, policy in zip(self.keys, self.ordered)},
-                "thinning_recipes": list(self.recipes)}
+                "policies": {key: policy.state_dict() for key, policy in zip(self.keys, self.ordered)}}
 
     def load_state_dict(self, state: Mapping, normalize_dataparallel_keys: bool = False) -> None:
         """Restore masks and policy states; masks are applied to the weights at once.
@@ -162,7 +160,6 @@ class CompressionScheduler:
         for key, policy in zip(self.keys, self.ordered):
             if key in saved:
                 policy.load_state_dict(saved[key])
-        self.recipes = list(state.get("thinning_recipes", []))
         for policy in self.ordered:   # re-install forward-only switches and gradient hooks
             configure = getattr(policy, "_configure", None)
             if configure is not None:
