@@ -70,12 +70,13 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        hint = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+        lines = str(e).strip().splitlines()
+        named = next((line.strip() for line in lines if "GLOBAL" in line), "")
+        if not named:   # not a pickle of objects: bytes that are no checkpoint at all
+            raise CheckpointError(f"{path}: damaged or not a checkpoint (not a torch.save file)") from None
         raise CheckpointError(
             f"{path}: refused: the file holds pickled Python objects, which could run code when "
-            f"loaded ({hint or 'weights_only load failed'}); compressor checkpoints hold only tensors "
-            f"and plain data") from None
+            f"loaded ({named}); compressor checkpoints hold only tensors and plain data") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: damaged or not a checkpoint ({reason})") from None

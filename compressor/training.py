@@ -77,7 +77,7 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch:
                                                  return_loss_components=True)
             overall = out.overall_loss
             for comp in out.loss_components:
-                components.setdefault(comp.name, Meter()).add(float(comp.value), target.size(0))
+                components.setdefault(comp.name, Meter()).add(float(comp.value.detach()), target.size(0))
         optimizer.zero_grad(set_to_none=True)
         overall.backward()
         if scheduler is not None:
@@ -88,8 +88,8 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch:
 
         n = target.size(0)
         c1, c5 = correct_topk(output.detach(), target)
-        meters["loss"].add(float(loss), n)
-        meters["overall"].add(float(overall), n)
+        meters["loss"].add(float(loss.detach()), n)
+        meters["overall"].add(float(overall.detach()), n)
         meters["top1"].add(100.0 * c1 / n, n)
         meters["top5"].add(100.0 * c5 / n, n)
         if progress is not None and print_freq and ((i + 1) % print_freq == 0 or i + 1 == steps):

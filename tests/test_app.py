@@ -1,0 +1,150 @@
+"""compress_classifier end to end: runs, outputs, resume exactness, and one-line errors (exit 2)."""
+import gzip
+import os
+import re
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from compressor.checkpoint import read_checkpoint
+from compressor.cli.compress_classifier import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGP = os.path.join(ROOT, "schedules", "agp", "simplenet_mnist.yaml")
+FAST = ["--arch", "simplenet_mnist", "--dataset", "digits", "-b", "64", "--etrs", "0.4",
+        "--lr", "0.05", "--no-progress-bar"]
+
+
+def run_dir(out):
+    (only,) = [d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d))]
+    return os.path.join(out, only)
+
+
+def test_training_run_prunes_on_schedule_and_leaves_a_complete_run_folder(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(FAST + ["--epochs", "7", "--compress", AGP, "-o", str(out), "-n", "agp"]) == 0
+    folder = run_dir(out)
+    assert os.path.basename(folder).startswith("agp___")
+    files = set(os.listdir(folder))
+    assert {"run.log", "simplenet_mnist.yaml", "metrics.csv", "checkpoint.pth.tar", "best.pth.tar",
+            "sparsity.csv"} <= files
+    metrics = pd.read_csv(os.path.join(folder, "metrics.csv"))
+    assert list(metrics["epoch"]) == list(range(7))
+    ckpt = read_checkpoint(os.path.join(folder, "checkpoint.pth.tar"))
+    fc1 = ckpt["state_dict"]["fc1.weight"]
+    assert float((fc1 == 0).float().mean()) == pytest.approx(0.9, abs=1e-4)   # the schedule's target
+    text = capsys.readouterr().out
+    assert "Total sparsity:" in text and "==> Best (ranked by top-1, then top-5)" in text
+    assert re.search(r"--- test -+\n==> Top1: [\d.]+", text)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    common = FAST + ["--compress", AGP, "--deterministic"]
+    assert main(common + ["--epochs", "5", "-o", str(tmp_path / "full")]) == 0
+    assert main(common + ["--epochs", "3", "-o", str(tmp_path / "part")]) == 0
+    part = os.path.join(run_dir(tmp_path / "part"), "checkpoint.pth.tar")
+    assert main(common + ["--epochs", "5", "--resume-from", part, "-o", str(tmp_path / "resumed")]) == 0
+    full = read_checkpoint(os.path.join(run_dir(tmp_path / "full"), "checkpoint.pth.tar"))
+    resumed = read_checkpoint(os.path.join(run_dir(tmp_path / "resumed"), "checkpoint.pth.tar"))
+    assert resumed["epoch"] == full["epoch"] == 4
+    for name, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+    masks_full = full["compression_sched"]["masks_dict"]["masks"]
+    masks_res = resumed["compression_sched"]["masks_dict"]["masks"]
+    assert masks_full.keys() == masks_res.keys()
+    assert all(torch.equal(masks_full[k], masks_res[k]) for k in masks_full)
+    assert [m["val_top1"] for m in full["extras"]["metrics"]] == [m["val_top1"] for m in resumed["extras"]["metrics"]]
+
+
+def test_evaluate_and_summaries(tmp_path, capsys):
+    assert main(FAST + ["--epochs", "1", "-o", str(tmp_path)]) == 0
+    ckpt = os.path.join(run_dir(tmp_path), "checkpoint.pth.tar")
+    capsys.readouterr()
+    assert main(["--arch", "simplenet_mnist", "--dataset", "digits", "--evaluate", "--confusion",
+                 "--resume-from", ckpt, "-o", str(tmp_path / "eval"), "--no-progress-bar"]) == 0
+    text = capsys.readouterr().out
+    assert "--- test" in text and "Confusion matrix" in text
+    assert main(["--arch", "resnet20_cifar", "--summary", "compute", "--summary", "sparsity"]) == 0
+    text = capsys.readouterr().out
+    assert "Total MACs: 40,8" in text and "layer3.2.conv2.weight" in text
+
+
+def write_idx(path, array):
+    magic = {1: 0x0801, 3: 0x0803}[array.ndim]
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_files_in_a_data_dir(tmp_path):
+    data = tmp_path / "mnist"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 200), ("t10k", 50)):
+        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    assert main(["--arch", "lenet_300_100", str(data), "--epochs", "1", "-b", "50",
+                 "-o", str(tmp_path / "o"), "--no-progress-bar"]) == 0
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "apps", "compress_classifier.py"), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+BAD = [
+    (["--arch", "resnet21_cifar", "x"], r"unknown architecture 'resnet21_cifar' \(did you mean .*'resnet20_cifar'"),
+    (["--arch", "simplenet_mnist", "/nonexistent/mnist"], r"MNIST not found in /nonexistent/mnist \(no such directory\): expected train-images-idx3-ubyte"),
+    (["--dataset", "svhn", "x"], r"unknown dataset 'svhn'"),
+    (["--dataset", "digits", "--compress", "missing.yaml"], r"--compress: file not found: missing\.yaml"),
+    (["--dataset", "digits", "--epochs", "-1"], r"--epochs must be >= 0; got -1"),
+    (["--dataset", "digits", "--vs", "1.5"], r"--validation-split must be in \[0, 1\); got 1\.5"),
+    (["--dataset", "digits", "--reset-optimizer"], r"--reset-optimizer needs --resume-from"),
+    (["--dataset", "digits", "--summary", "png"], r"argument --summary: invalid choice: 'png'"),
+    (["--dataset", "digits", "--epochs", "two"], r"argument --epochs: invalid int value: 'two'"),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, expected):
+    result = cli(*args, "-o", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(expected, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists()     # nothing written for a run that could not start
+
+
+def test_schedule_and_checkpoint_errors_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pruners:\n  p:\n    class: LevelPruner\n    levels: {fc9.weight: 0.5}\npolicies:\n"
+                   "  - pruner: {instance_name: p}\n    epochs: [0]\n")
+    result = cli("--dataset", "digits", "--compress", str(bad), "-o", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert re.fullmatch(r".*bad\.yaml:4 pruners\.p\.levels\.fc9\.weight: 'fc9\.weight' matches no "
+                        r"parameter of the model \(did you mean .*'fc1\.weight'.*\n", result.stderr)
+    junk = tmp_path / "junk.pth.tar"
+    junk.write_bytes(b"not a checkpoint")
+    result = cli("--dataset", "digits", "--resume-from", str(junk), "-o", str(tmp_path / "o"))
+    assert result.returncode == 2 and "junk.pth.tar: damaged or not a checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    assert main(FAST + ["--epochs", "1", "-o", str(tmp_path)]) == 0
+    ckpt = os.path.join(run_dir(tmp_path), "checkpoint.pth.tar")
+    result = cli("--arch", "lenet_300_100", "--dataset", "digits", "--resume-from", ckpt, "-o", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert "checkpoint is for architecture 'simplenet_mnist', not 'lenet_300_100'" in result.stderr
+
+
+def test_help_is_grouped():
+    out = cli("--help").stdout
+    for group in ("model and data:", "training:", "compression:", "checkpoints and resuming:",
+                  "modes (each runs instead of training, then exits):", "reports:", "output and devices:"):
+        assert group in out
