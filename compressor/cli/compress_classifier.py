@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args)
     dataset = (args.dataset or models.dataset_of(args.arch)).lower()
     model_dataset = "mnist" if dataset == "digits" else dataset
-    model = models.create_model(args.arch, model_dataset).to(device)
+    model = models.create_model(args.arch, model_dataset, pretrained=args.pretrained).to(device)
 
     if args.summary:
         setup_logging(args.verbose)

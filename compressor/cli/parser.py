@@ -7,8 +7,17 @@ SUMMARIES = ("sparsity", "compute", "model", "modules")
 PHASES = ("train", "valid", "test")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Appends '(default: X)' when there is a meaningful default not already described."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        meaningful = default is not None and default is not False and default != [] \
+            and default is not argparse.SUPPRESS
+        if meaningful and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,38 +29,45 @@ def build_parser() -> argparse.ArgumentParser:
                "--epochs 8 --compress schedules/agp/simplenet_mnist.yaml\n"
                "docs: docs/app.md",
         formatter_class=_Formatter)
-    p.add_argument("data", metavar="DATA_DIR", nargs="?", default=None,
+    p.add_argument("data", metavar="DATA_DIR", nargs="?",
                    help="dataset folder (MNIST IDX files, CIFAR-10 python batches or ImageNet-style "
                         "train/ and val/ class folders); not needed for --dataset digits")
 
     g = p.add_argument_group("model and data")
     g.add_argument("--arch", "-a", default="simplenet_mnist", type=str.lower, metavar="ARCH",
                    help="architecture (see docs/architectures.md)")
+    g.add_argument("--pretrained", action="store_true",
+                   help="start from torchvision's pretrained weights (ImageNet models; needs torchvision)")
     g.add_argument("--dataset", default=None,
-                   help="mnist, cifar10, imagenet or digits (default: inferred from --arch)")
+                   help="mnist, cifar10, imagenet or digits; inferred from --arch when not given "
+                        "(*_cifar: cifar10, *_mnist, lenet*: mnist, others: imagenet)")
     g.add_argument("--workers", "-j", type=int, default=0, metavar="N",
                    help="data-loading worker processes (image folders only)")
-    g.add_argument("--batch-size", "-b", type=int, default=256, metavar="N")
+    g.add_argument("--batch-size", "-b", type=int, default=256, metavar="N", help="minibatch size")
     g.add_argument("--validation-split", "--valid-size", "--vs", dest="validation_split", type=float,
-                   default=0.1, help="fraction of the training set held out for validation")
+                   default=0.1, metavar="FRAC", help="fraction of the training set held out for validation")
     g.add_argument("--effective-train-size", "--etrs", type=float, default=1.0, metavar="FRAC",
                    help="fraction of the training set used each epoch (resampled every epoch)")
-    g.add_argument("--effective-valid-size", "--evs", type=float, default=1.0, metavar="FRAC")
-    g.add_argument("--effective-test-size", "--etes", type=float, default=1.0, metavar="FRAC")
+    g.add_argument("--effective-valid-size", "--evs", type=float, default=1.0, metavar="FRAC",
+                   help="fraction of the validation set used (a fixed subset)")
+    g.add_argument("--effective-test-size", "--etes", type=float, default=1.0, metavar="FRAC",
+                   help="fraction of the test set used (a fixed subset)")
 
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=10, metavar="N",
                    help="the final epoch number (absolute, as in Distiller): a run resumed at epoch "
                         "12 with --epochs 20 trains 8 more")
-    g.add_argument("--lr", "--learning-rate", type=float, default=0.1, dest="lr")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", "--wd", type=float, default=1e-4, dest="weight_decay")
+    g.add_argument("--lr", "--learning-rate", type=float, default=0.1, dest="lr",
+                   help="initial learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", "--wd", type=float, default=1e-4, dest="weight_decay",
+                   help="L2 weight decay")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
                    help="Distiller always used SGD")
     g.add_argument("--print-freq", "-p", type=int, default=20, metavar="N",
                    help="progress line every N minibatches when not on a terminal")
     g.add_argument("--seed", type=int, default=None,
-                   help="random seed (default: random, or 0 with --deterministic)")
+                   help="random seed; random when not given, or 0 with --deterministic")
     g.add_argument("--deterministic", "--det", action="store_true",
                    help="deterministic algorithms and data order: a resumed run then equals an "
                         "uninterrupted one bit for bit")
