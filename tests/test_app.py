@@ -2,6 +2,7 @@
 import gzip
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def test_training_run_prunes_on_schedule_and_leaves_a_complete_run_folder(tmp_pa
     assert os.path.basename(folder).startswith("agp___")
     files = set(os.listdir(folder))
     assert {"run.log", "simplenet_mnist.yaml", "metrics.csv", "checkpoint.pth.tar", "best.pth.tar",
-            "sparsity.csv"} <= files
+            "sparsity.csv", "compute.csv"} <= files
     metrics = pd.read_csv(os.path.join(folder, "metrics.csv"))
     assert list(metrics["epoch"]) == list(range(7))
     ckpt = read_checkpoint(os.path.join(folder, "checkpoint.pth.tar"))
@@ -141,6 +142,12 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     result = cli("--arch", "lenet_300_100", "--dataset", "digits", "--resume-from", ckpt, "-o", str(tmp_path / "x"))
     assert result.returncode == 2
     assert "checkpoint is for architecture 'simplenet_mnist', not 'lenet_300_100'" in result.stderr
+
+
+def test_console_command_is_installed():
+    exe = shutil.which("compress-classifier")
+    assert exe is not None, "pip install -e . installs the compress-classifier command"
+    assert subprocess.run([exe, "--help"], capture_output=True, text=True).returncode == 0
 
 
 def test_help_is_grouped():

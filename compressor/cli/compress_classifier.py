@@ -356,6 +356,8 @@ def test(args, model, loader, criterion, device, num_classes, run_dir) -> None:
     df, total, _ = weight_stats(model)
     log.info("Parameters:\n%s\nTotal sparsity: %.2f", table(df), total)
     summary.to_csv(df, os.path.join(run_dir, "sparsity.csv"))
+    example = next(iter(loader))[0][:1].to(device)
+    summary.to_csv(summary.model_performance_summary(model, example), os.path.join(run_dir, "compute.csv"))
 
 
 class _null:
