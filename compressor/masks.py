@@ -18,7 +18,8 @@ from .errors import CheckpointError
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
     while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or \
+                getattr(model, "is_wrapper", False):
             model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod

@@ -39,6 +39,7 @@ class EpochStats:
     seconds: float = 0.0
     components: Dict[str, float] = field(default_factory=dict)   # regularizer terms by name
     confusion: Optional[torch.Tensor] = None
+    next_minibatch: Optional[int] = None   # set when training stopped early: where to resume
 
 
 def correct_topk(output: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list:
@@ -55,17 +56,22 @@ ProgressFn = Callable[[int, int, Dict[str, float]], None]
 def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch: int,
                 scheduler=None, device: torch.device = torch.device("cpu"),
                 progress: Optional[ProgressFn] = None, print_freq: int = 0,
-                stop: Optional[Callable[[], bool]] = None) -> EpochStats:
+                stop: Optional[Callable[[], bool]] = None, skip: int = 0) -> EpochStats:
     """One training epoch. ``scheduler`` (a CompressionScheduler) gets every per-minibatch event.
 
-    ``stop`` is polled after each step; when it returns True the epoch ends early (e.g. on SIGINT).
+    ``stop`` is polled after each step; when it returns True the epoch ends early (e.g. on SIGTERM)
+    and ``EpochStats.next_minibatch`` says where to continue. ``skip`` resumes such an epoch: the
+    first ``skip`` batches are drawn (so random augmentation stays in step) but not trained on.
     """
     model.train()
     steps = len(loader)
     meters = {"loss": Meter(), "overall": Meter(), "top1": Meter(), "top5": Meter()}
     components: Dict[str, Meter] = {}
     start = time.perf_counter()
+    next_minibatch = None
     for i, (inputs, target) in enumerate(loader):
+        if i < skip:
+            continue
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if scheduler is not None:
             scheduler.on_minibatch_begin(epoch, i, steps, optimizer)
@@ -99,12 +105,14 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch:
                           "LR": optimizer.param_groups[0]["lr"],
                           "Time": (time.perf_counter() - start) / (i + 1)})
             progress(i + 1, steps, stats)
-        if stop is not None and stop():
+        if stop is not None and stop() and i + 1 < steps:
+            next_minibatch = i + 1
             break
     return EpochStats(loss=meters["loss"].mean, overall_loss=meters["overall"].mean,
                       top1=meters["top1"].mean, top5=meters["top5"].mean,
                       samples=meters["loss"].count, seconds=time.perf_counter() - start,
-                      components={k: m.mean for k, m in components.items()})
+                      components={k: m.mean for k, m in components.items()},
+                      next_minibatch=next_minibatch)
 
 
 @torch.no_grad()

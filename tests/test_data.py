@@ -456,8 +456,11 @@ def test_sharding_disjoint_equal_covering(tmp_path, replicas):
     flat = [i for s in shards for i in s]
     assert len(set(flat)) == per * replicas  # disjoint
     sampler = EpochSampler(100, shuffle=True, seed=9)
-    # The shards are consecutive slices of the one per-epoch permutation every rank draws.
-    assert flat == sampler.indices_for_epoch(4)[:per * replicas].tolist()
+    # The shards stride through the one per-epoch permutation every rank draws (as
+    # DistributedSampler): interleaved they give it back, so per-rank batches of B/R make up
+    # exactly the global batches of B that one process would draw.
+    interleaved = [shards[r][j] for j in range(per) for r in range(replicas)]
+    assert interleaved == sampler.indices_for_epoch(4)[:per * replicas].tolist()
     whole = EpochSampler(100, shuffle=True, seed=9, num_replicas=1)
     assert sorted(whole.indices_for_epoch(4).tolist()) == list(range(100))
 

@@ -51,7 +51,7 @@ class EpochSampler(torch.utils.data.Sampler):
       (evaluation) one fixed random subset, visited in index order, so every evaluation sees the
       same samples.
     - ``shuffle`` permutes the kept samples anew each epoch.
-    - ``num_replicas`` / ``rank`` shard like ``DistributedSampler``: every rank draws the same
+    - ``num_replicas`` / ``rank`` shard like ``DistributedSampler`` (strided): every rank draws the same
       per-epoch list and takes its own contiguous slice; the slices are disjoint and of equal size
       ``len // num_replicas`` (the few samples past the last whole share are left out that epoch).
     - Each pass advances the epoch by one; ``set_epoch(e)`` chooses the epoch of the next pass, so
@@ -102,8 +102,9 @@ class EpochSampler(torch.utils.data.Sampler):
         else:
             perm = torch.randperm(len(self.indices), generator=generator(self.seed, epoch, 0xE90C))
             order = self.indices[perm[:self.subset_size]]
-        start = self.rank * self.per_rank
-        return order[start:start + self.per_rank]
+        # Strided like DistributedSampler: with a per-rank batch of B/R, the R ranks' k-th batches
+        # together are exactly the k-th global batch of B a single process would draw.
+        return order[self.rank:self.per_rank * self.num_replicas:self.num_replicas]
 
     def next_pass(self) -> Tuple[int, torch.Tensor]:
         """(epoch, indices) of the pass starting now; advances the epoch."""

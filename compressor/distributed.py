@@ -1,0 +1,112 @@
+"""Training under torchrun: process-group set-up, a DDP wrapper that survives thinning, mask
+broadcast and metric reduction.
+
+Masks are computed on every rank from the same weights (DDP keeps them identical), then broadcast
+from rank 0 after each pruning event so that criteria which see data (activations, gradients,
+random draws) cannot make ranks disagree.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .masks import MaskStore
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(cpu: bool = False) -> Optional[DistInfo]:
+    """Join the process group torchrun describes in the environment; None in a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and not cpu
+    backend = "nccl" if use_cuda else "gloo"
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, world, local_rank, device, backend)
+
+
+def structure_version(module: nn.Module) -> int:
+    """How many thinning recipes the module has had applied (its shape changes with each)."""
+    return len(getattr(module, "thinning_recipes", []) or [])
+
+
+class ElasticDDP(nn.Module):
+    """DistributedDataParallel that rebuilds itself after thinning changes parameter shapes.
+
+    DDP's gradient buckets are laid out for the parameter sizes it was built with; when a thinning
+    recipe has been applied since, the next forward rebuilds the DDP wrapper (all ranks thin at the
+    same step, so they rebuild together). ``.module`` is the plain model.
+    """
+
+    is_wrapper = True   # compressor.masks.unwrap looks through it
+
+    def __init__(self, module: nn.Module, **ddp_kwargs):
+        super().__init__()
+        self.module = module
+        self._kwargs = ddp_kwargs
+        self._build()
+
+    def _build(self) -> None:
+        ddp = nn.parallel.DistributedDataParallel(self.module, **self._kwargs)
+        object.__setattr__(self, "_ddp", ddp)      # not a registered child: no duplicate params
+        self._version = structure_version(self.module)
+
+    def forward(self, *args, **kwargs):
+        if structure_version(self.module) != self._version:
+            self._build()
+        return self._ddp(*args, **kwargs)
+
+
+def broadcast_masks(store: MaskStore, src: int = 0) -> None:
+    """Make every rank's masks equal rank ``src``'s (in sorted name order), then apply them."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    names = sorted(store.masks)
+    counts = torch.tensor([len(names)], dtype=torch.long)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    if int(counts) != len(names):
+        raise RuntimeError(f"ranks disagree on which parameters are masked ({len(names)} here, "
+                           f"{int(counts)} elsewhere)")
+    for name in names:
+        dist.broadcast(store.masks[name], src=src)
+    store.apply_after_step()
+
+
+def reduce_mean(values: dict, count: int) -> dict:
+    """Sample-weighted means of ``values`` across ranks (each rank saw ``count`` samples)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([values[k] * count for k in keys] + [float(count)], dtype=torch.float64)
+    dist.all_reduce(t)
+    total = float(t[-1]) or 1.0
+    return {k: float(v) / total for k, v in zip(keys, t[:-1])}
+
+
+def reduce_sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
