@@ -8,6 +8,7 @@ other side effects.
 from . import lr_schedulers as _lr_schedulers  # noqa: F401  (registers LR schedulers)
 from . import pruners as _pruners  # noqa: F401  (registers pruners)
 from . import regularizers as _regularizers  # noqa: F401  (registers regularizers)
+from . import thinning as _thinning  # noqa: F401  (registers the thinning extensions)
 from .builder import dict_config, file_config, match_names
 from .config import load as load_schedule
 from .errors import CheckpointError, CompressorError, ScheduleError, ThinningError

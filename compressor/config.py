@@ -25,6 +25,8 @@ PRUNING_POLICY_ARGS = {
     "discard_masks_at_minibatch_end": bool, "fold_batchnorm": bool, "skip_first_minibatch": bool,
 }
 REGULARIZATION_POLICY_ARGS = {"keep_mask": bool}
+EXAMPLE_CLASS = {"pruners": "AutomatedGradualPruner", "regularizers": "L1Regularizer",
+                 "lr_schedulers": "StepLR", "extensions": "FilterRemover"}
 
 
 class LDict(dict):
@@ -190,7 +192,7 @@ def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
                 raise err("a component must be a mapping with a 'class' key and its parameters",
                           entries, name, keypath)
             if "class" not in spec:
-                raise err(f"missing 'class'; e.g. class: {registry.names()[0] if registry.names() else '...'}",
+                raise err(f"missing 'class' (the registered class to build, e.g. {EXAMPLE_CLASS[section]})",
                           entries, name, keypath)
             class_name = spec["class"]
             if not isinstance(class_name, str) or class_name not in registry:

@@ -1,0 +1,135 @@
+"""Which parameters must be pruned together, so masked networks can be thinned exactly.
+
+Two questions, both answered from the model's graph:
+
+- *Coupled weights* share one structure mask. ``group_dependency: Leader`` couples every listed
+  weight to the first one (Distiller). Without a dependency, filter pruning couples the
+  convolutions whose outputs meet in a residual addition, or a depthwise convolution and its
+  producer, as ``compressor.thinning.coupled_filter_groups`` reports them (imported lazily).
+- *Dependents* of a pruned output unit: the layer's bias entry and, for a convolution, the weight
+  and bias of the batch norm that directly follows it. Masking them makes the pruned channel
+  exactly zero, so the masked network computes what the thinned one will.
+"""
+from __future__ import annotations
+
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from torch import nn
+
+from ..errors import CompressorError
+from ..masks import normalize_name, unwrap
+
+DEPENDENCIES = ("Leader", "Independent")
+
+
+@dataclass
+class Unit:
+    """Weights ranked and masked as one."""
+    members: List[str]      # every weight that gets the unit's structure mask
+    scored: List[str]       # the weights whose criterion scores are summed to rank the structures
+    target_name: str        # the listed weight whose target sparsity the unit follows
+
+
+# Per model: (parameter names and shapes, groups). Tracing and shape propagation take seconds, and
+# a schedule usually builds several pruners over one model; a changed model (thinned) misses.
+_GROUPS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def coupled_filter_groups(model: nn.Module) -> Optional[List[List[str]]]:
+    """The thinning module's coupled filter groups, or None when it does not provide them."""
+    try:
+        from ..thinning import coupled_filter_groups as find
+    except ImportError:
+        return None
+    inner = unwrap(model)
+    signature = tuple((n, tuple(p.shape)) for n, p in inner.named_parameters())
+    cached = _GROUPS_CACHE.get(inner)
+    if cached is not None and cached[0] == signature and cached[1] is find:
+        return [list(g) for g in cached[2]]
+    groups = [list(g) for g in find(inner)]
+    _GROUPS_CACHE[inner] = (signature, find, groups)
+    return [list(g) for g in groups]
+
+
+def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters: bool,
+               model: Optional[nn.Module], param_order: Sequence[str]) -> List[Unit]:
+    """Group the listed ``weights`` into units.
+
+    ``Leader``: one unit, ranked by the first weight alone. ``Independent``, or a granularity other
+    than filters: one unit per weight. Otherwise (``couple_filters``) each listed weight joins its
+    coupled filter group, unlisted members included, ranked by the sum of all members' scores.
+    """
+    weights = list(weights)
+    if dependency == "Leader":
+        return [Unit(weights, [weights[0]], weights[0])]
+    groups = None
+    if couple_filters and dependency is None and model is not None:
+        try:
+            groups = coupled_filter_groups(model)
+        except CompressorError as e:
+            warnings.warn(f"filter coupling not found, listed weights are pruned independently: {e}",
+                          stacklevel=3)
+    if not groups:
+        return [Unit([w], [w], w) for w in weights]
+    by_norm = {normalize_name(n): n for n in param_order}
+    partner: Dict[str, set] = {}
+    for group in groups:
+        real = {by_norm[normalize_name(str(n))] for n in group if normalize_name(str(n)) in by_norm}
+        for n in real:
+            partner.setdefault(n, set()).update(real)
+    order = {n: i for i, n in enumerate(param_order)}
+    units, done = [], set()
+    for w in weights:
+        if w in done:
+            continue
+        members, frontier = {w}, [w]
+        while frontier:
+            for n in partner.get(frontier.pop(), ()):
+                if n not in members:
+                    members.add(n)
+                    frontier.append(n)
+        done |= members
+        ordered = sorted(members, key=lambda n: order.get(n, len(order)))
+        units.append(Unit(ordered, ordered, w))
+    return units
+
+
+def dependents(model: nn.Module, weight_names: Sequence[str], with_batchnorm: bool = True
+               ) -> Dict[str, List[str]]:
+    """{weight name: [its layer's bias, the following batch norm's weight and bias]} (those present).
+
+    The batch norm is the one ``graph.conv_bn_pairs`` finds (it alone consumes the conv's output);
+    a batch norm without affine parameters has nothing to mask. An untraceable model gets biases only.
+    """
+    inner = unwrap(model)
+    params = dict(inner.named_parameters())
+    module_name = {id(m): n for n, m in inner.named_modules()}
+    pairs = {}
+    if with_batchnorm:
+        from ..graph import conv_bn_pairs
+        try:
+            pairs = conv_bn_pairs(model)
+        except CompressorError:
+            pairs = {}
+    out: Dict[str, List[str]] = {}
+    for w in weight_names:
+        if w not in params:
+            continue
+        n_out = params[w].shape[0]
+        deps = []
+        prefix = w.rsplit(".", 1)[0] if "." in w else ""
+        bias = f"{prefix}.bias" if prefix else "bias"
+        if bias in params and params[bias].shape == (n_out,):
+            deps.append(bias)
+        bn = pairs.get(w)
+        if bn is not None and getattr(bn, "affine", False) and id(bn) in module_name:
+            for suffix in ("weight", "bias"):
+                name = f"{module_name[id(bn)]}.{suffix}"
+                if name in params and params[name].shape == (n_out,):
+                    deps.append(name)
+        if deps:
+            out[w] = deps
+    return out

@@ -1,0 +1,533 @@
+"""Ranked structure pruning: one pruner, parameterised by a criterion, a granularity and a target.
+
+``RankedStructurePruner`` ranks the structures of each weight (or of each coupled unit of weights)
+by a criterion (``criteria.py``), cut by a granularity (``granularity.py``), and prunes the lowest
+ranked ones up to a target sparsity that is fixed, follows AGP over the policy's pruning events, or
+is drawn at random. Distiller's class names are thin forms of it that only translate their YAML
+arguments: ``L1RankedStructureParameterPruner`` is (L1, group type, fixed target);
+``L1RankedStructureParameterPruner_AGP`` is (L1, group type, AGP target); and so on.
+
+Count rule (Distiller's): k = rounding_fn(fraction * N) structures, rounded to a multiple of
+``group_size``; never all N unless the fraction is exactly 1 (then N - group_size). Exactly k are
+pruned, ties broken by position (Distiller's threshold over-pruned on ties). Structures already
+masked count towards k, so a schedule never overshoots its target.
+
+Filter masks come with masks for the layer's bias entries and the following batch norm's weight and
+bias, and coupled layers share one mask (see ``coupling.py``), so thinning the masked network gives
+exactly the same function.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ComponentArgError, CompressorError, listing
+from ..masks import unwrap
+from ..registry import PRUNERS
+from ..schedules import agp_sparsity
+from .base import PruneContext, Pruner
+from .coupling import DEPENDENCIES, Unit, dependents, make_units
+from .criteria import Criterion, make_criterion, seeded_generator
+from .granularity import FILTER_GROUP_TYPES, RANKABLE_GROUP_TYPES, Granularity
+from .magnitude import check_number, check_sparsity
+
+ROUNDING = {"floor": math.floor, "ceil": math.ceil, "round": round}
+
+
+def structures_to_prune(fraction: float, n: int, group_size: int = 1,
+                        rounding_fn: Callable = math.floor) -> int:
+    """How many of ``n`` structures to prune for ``fraction`` (Distiller's count rule).
+
+    k = rounding_fn(fraction * n), then rounding_fn(k / group_size) * group_size; if that is all
+    ``n`` structures while fraction != 1, k = n - group_size. Products are rounded to 9 decimals
+    first, so 0.3 * 10 floors to 3, not 2.
+    """
+    k = int(rounding_fn(round(fraction * n, 9)))
+    k = int(rounding_fn(round(k / group_size, 9))) * group_size
+    k = max(0, min(k, n))
+    if k == n and fraction != 1.0:
+        k = max(0, n - group_size)
+    return k
+
+
+# -- targets: the sparsity to reach at a pruning step ------------------------------------------
+class FixedTarget:
+    """The same fraction at every step."""
+
+    def __init__(self, sparsity: float):
+        self.sparsity = sparsity
+
+    def __call__(self, name: str, ctx: PruneContext) -> float:
+        return self.sparsity
+
+
+class AGPTarget:
+    """Zhu & Gupta's cubic ramp from ``initial`` at the first event to ``final`` at the last."""
+
+    def __init__(self, initial: float, final: float):
+        self.initial, self.final = initial, final
+
+    def __call__(self, name: str, ctx: PruneContext) -> float:
+        return agp_sparsity(self.initial, self.final, ctx.event, ctx.n_events)
+
+
+class RandomLevelTarget:
+    """A fraction drawn uniformly from [low, high] at each step, per weight; seeded, so a step
+    always draws the same value (Distiller's "random-level drop filter")."""
+
+    def __init__(self, low: float, high: float, seed: int = 0):
+        self.low, self.high, self.seed = low, high, seed
+
+    def __call__(self, name: str, ctx: PruneContext) -> float:
+        g = seeded_generator(self.seed, "level", name, ctx.event, ctx.minibatch_id)
+        return self.low + (self.high - self.low) * float(torch.rand((), generator=g))
+
+
+# -- argument checks --------------------------------------------------------------------------
+def _check_weights(weights) -> List[str]:
+    if isinstance(weights, str):
+        weights = [weights]
+    if not isinstance(weights, (list, tuple)) or not weights or not all(isinstance(w, str) for w in weights):
+        raise ComponentArgError("weights", f"must be a non-empty list of weight names; got {weights!r}")
+    return list(dict.fromkeys(weights))
+
+
+def _check_dependency(value) -> Optional[str]:
+    if value is None or value in DEPENDENCIES:
+        return value
+    raise ComponentArgError("group_dependency", f"unknown dependency {value!r}; valid: "
+                                                f"{', '.join(DEPENDENCIES)}, or leave it out to couple "
+                                                f"filters that feed one residual sum automatically")
+
+
+def _check_rounding(value) -> Callable:
+    if callable(value):
+        return value
+    if isinstance(value, str) and value in ROUNDING:
+        return ROUNDING[value]
+    raise ComponentArgError("rounding_fn", f"must be one of {', '.join(ROUNDING)} (or a function); "
+                                           f"got {value!r}")
+
+
+def _check_group_size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ComponentArgError("group_size", f"must be a positive integer; got {value!r}")
+    return value
+
+
+def _check_seed(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ComponentArgError("seed", f"must be an integer; got {value!r}")
+    return value
+
+
+def desired_fraction(desired_sparsity, fraction_to_prune) -> float:
+    """``desired_sparsity`` or its other name ``fraction_to_prune``, checked to lie in [0, 1)."""
+    if desired_sparsity is None and fraction_to_prune is None:
+        raise ComponentArgError("desired_sparsity", "is required: the fraction of structures to prune, "
+                                                    "in [0, 1) (fraction_to_prune is the same argument)")
+    if desired_sparsity is not None and fraction_to_prune is not None:
+        raise ComponentArgError("fraction_to_prune", "give desired_sparsity or fraction_to_prune, not both")
+    if desired_sparsity is not None:
+        return check_sparsity("desired_sparsity", desired_sparsity)
+    return check_sparsity("fraction_to_prune", fraction_to_prune)
+
+
+def agp_fractions(initial_sparsity, final_sparsity) -> tuple:
+    initial = check_sparsity("initial_sparsity", initial_sparsity)
+    final = check_sparsity("final_sparsity", final_sparsity)
+    if final < initial:
+        raise ComponentArgError("final_sparsity", f"({final_sparsity}) must be >= initial_sparsity "
+                                                  f"({initial_sparsity})")
+    return initial, final
+
+
+# -- the pruner -------------------------------------------------------------------------------
+class RankedStructurePruner(Pruner):
+    """Prune the lowest-scoring structures of each unit of weights to the target's fraction.
+
+    ``criterion`` scores structures, ``granularity`` cuts weights into them, ``target(name, ctx)``
+    gives the fraction to prune. ``group_dependency``: ``'Leader'`` (every listed weight gets the
+    first one's mask), ``'Independent'`` (each weight on its own) or None (filters of convolutions
+    feeding one residual sum share a mask; other group types are independent). With ``model``, the
+    pruner also masks the dependents of pruned filters (bias, batch norm) and coupled weights that
+    are not listed; ``param_names`` lists them all.
+    """
+
+    def __init__(self, name: str, weights: Sequence[str], criterion: Criterion,
+                 granularity: Granularity, target: Callable[[str, PruneContext], float],
+                 group_dependency: Optional[str] = None, group_size: int = 1,
+                 rounding_fn: Callable = math.floor, noise: float = 0.0, seed: int = 0,
+                 model: Optional[nn.Module] = None):
+        super().__init__(name)
+        self.weights = _check_weights(weights)
+        self.criterion, self.granularity, self.target = criterion, granularity, target
+        if criterion.group_types is not None and granularity.group_type not in criterion.group_types:
+            raise ComponentArgError("group_type", f"the {criterion.name} criterion ranks only "
+                                                  f"{listing(criterion.group_types)}; got "
+                                                  f"{granularity.group_type!r}")
+        self.group_dependency = _check_dependency(group_dependency)
+        self.group_size = _check_group_size(group_size)
+        self.rounding_fn = _check_rounding(rounding_fn)
+        self.noise = check_number("noise", noise, 0.0, 1.0, high_open=False)
+        self.seed = _check_seed(seed)
+        self.units: List[Unit] = make_units(self.weights, self.group_dependency, False, None, self.weights)
+        self.deps: Dict[str, List[str]] = {}
+        self._problems: Dict[str, str] = {}
+        if model is None:
+            if criterion.needs_model:
+                raise ComponentArgError("model", f"the {criterion.name} criterion needs the model "
+                                                 f"(the builder passes it; pass model=... yourself)")
+            return
+        params = dict(unwrap(model).named_parameters())
+        missing = [w for w in self.weights if w not in params]
+        if missing:
+            raise ComponentArgError("weights", f"'{missing[0]}' is not a parameter of the model")
+        self.units = make_units(self.weights, self.group_dependency,
+                                granularity.canonical == "Filters", model, list(params))
+        if granularity.along_outputs:
+            members = [m for u in self.units for m in u.members]
+            self.deps = dependents(model, members, with_batchnorm=granularity.canonical == "Filters")
+        scored = list(dict.fromkeys(n for u in self.units for n in u.scored))
+        try:
+            problems = criterion.prepare(model, scored, granularity)
+        except CompressorError as e:   # the graph is needed and cannot be traced
+            raise ComponentArgError("model", f"the {criterion.name} criterion needs the model's graph: "
+                                             f"{e}") from None
+        self._problems = {n: why for n, why in problems.items() if n in self.weights}
+        self.check({n: params[n] for n in self.param_names})
+        criterion.attach()
+        # Hooks must not outlive the pruner (e.g. when a later component of the schedule fails).
+        self._finalizer = weakref.finalize(self, criterion.close)
+
+    # -- names and checks -----------------------------------------------------------------------
+    @property
+    def param_names(self) -> List[str]:
+        """Listed weights, then unlisted coupled weights, then biases and batch-norm parameters."""
+        names = list(self.weights)
+        names += [m for u in self.units for m in u.members]
+        names += [d for u in self.units for m in u.members for d in self.deps.get(m, [])]
+        return list(dict.fromkeys(names))
+
+    def check(self, params) -> None:
+        for name in self.weights:
+            self.granularity.check(name, params[name].shape)
+        for unit in self.units:
+            for m in unit.members:
+                if m not in self.weights:
+                    try:
+                        self.granularity.check(m, params[m].shape)
+                    except ComponentArgError as e:
+                        raise ComponentArgError("weights", f"'{m}' must share filter masks with "
+                                                           f"'{unit.target_name}' but: {e.reason}") from None
+            counts = {m: self.granularity.n_groups(params[m].shape) for m in unit.members}
+            first = unit.members[0]
+            for m, c in counts.items():
+                if c != counts[first]:
+                    key = "group_dependency" if self.group_dependency == "Leader" else "weights"
+                    raise ComponentArgError(
+                        key, f"'{first}' {tuple(params[first].shape)} has {counts[first]} "
+                             f"{self.granularity.group_type} groups but '{m}' "
+                             f"{tuple(params[m].shape)} has {c}; weights pruned with one mask need "
+                             f"the same number of groups")
+        for name, why in self._problems.items():
+            raise ComponentArgError("weights", f"'{name}': {why}; the {self.criterion.name} "
+                                               f"criterion cannot rank it")
+
+    # -- masks ----------------------------------------------------------------------------------
+    def masks(self, params, ctx: PruneContext) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
+        for unit in self.units:
+            fraction = self.target(unit.target_name, ctx)
+            n = self.granularity.n_groups(params[unit.members[0]].shape)
+            keep = self.select(unit, params, ctx, fraction, n)
+            if keep is None:
+                continue
+            for m in unit.members:
+                out[m] = self.member_mask(keep, params[m].shape, ctx)
+                for d in self.deps.get(m, []):
+                    out[d] = keep.clone()
+        self.criterion.step_done(ctx)
+        if ctx.event >= ctx.n_events - 1 and not ctx.args.get("mini_batch_pruning_frequency"):
+            self.close()   # the last pruning step: statistics are no longer needed
+        return out
+
+    def unit_scores(self, unit: Unit, params, ctx: PruneContext, n: int) -> Optional[torch.Tensor]:
+        """The summed criterion over the unit's scored weights; already-masked structures -inf."""
+        total = None
+        for m in unit.scored:
+            s = self.criterion.scores(m, params[m].detach(), self.granularity, ctx)
+            if s is not None and s.numel() == n:   # statistics of another width are stale
+                s = s.detach().float().reshape(-1).cpu()
+                total = s if total is None else total + s
+        if total is None:
+            return None
+        if self.noise:
+            g = seeded_generator(self.seed, "noise", unit.target_name, ctx.event, ctx.minibatch_id)
+            if float(torch.rand((), generator=g)) < self.noise:   # epsilon-greedy, as Distiller
+                total = total * torch.randn(n, generator=g)
+        regrow = ctx.args.get("mask_on_forward_only") or ctx.args.get("use_double_copies")
+        if not regrow:   # masks are intersected: a masked structure stays pruned, so count it first
+            for m in unit.members:
+                mask = ctx.current.get(m)
+                if mask is not None:
+                    dead = self.granularity.sums((mask != 0).float()).cpu() == 0
+                    total = total.masked_fill(dead, -math.inf)
+        return total
+
+    def select(self, unit: Unit, params, ctx: PruneContext, fraction: float, n: int
+               ) -> Optional[torch.Tensor]:
+        """Keep vector (bool, one per structure) for the unit, or None to leave it unchanged."""
+        k = structures_to_prune(fraction, n, self.group_size, self.rounding_fn)
+        if k == 0:
+            return None
+        scores = self.unit_scores(unit, params, ctx, n)
+        if scores is None:
+            return None
+        order = torch.sort(scores, stable=True).indices
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[order[:k]] = False
+        return keep
+
+    def member_mask(self, keep: torch.Tensor, shape, ctx: PruneContext) -> torch.Tensor:
+        return self.granularity.expand(keep, shape)
+
+    # -- life cycle and state -------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove the criterion's hooks (done automatically after the last pruning event)."""
+        self.criterion.close()
+
+    def state_dict(self) -> dict:
+        return {"criterion": self.criterion.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        self.criterion.load_state_dict(state.get("criterion", {}))
+
+
+class _BernoulliSelect:
+    """Drop each structure independently with probability = the target fraction (DropFilter).
+
+    The draw is seeded by (seed, weight, event, minibatch). At least one structure is kept. With
+    ``use_double_copies`` (the weights are restored after each step), the weight mask is scaled by
+    N / kept to keep the layer's expected output, as Distiller did; otherwise masks stay binary,
+    since a scaled mask re-applied after every step would grow the weights without bound.
+    """
+
+    def select(self, unit, params, ctx, fraction, n):
+        if fraction <= 0:
+            return None
+        g = seeded_generator(self.seed, "bernoulli", unit.target_name, ctx.event, ctx.minibatch_id)
+        u = torch.rand(n, generator=g)
+        keep = u >= fraction
+        if not keep.any():
+            keep[u.argmax()] = True
+        return keep
+
+    def member_mask(self, keep, shape, ctx):
+        if ctx.args.get("use_double_copies"):
+            scaled = keep.float() * (keep.numel() / float(keep.sum()))
+            return self.granularity.expand(scaled, shape)
+        return self.granularity.expand(keep, shape)
+
+
+# -- YAML forms -------------------------------------------------------------------------------
+class _FixedForm(RankedStructurePruner):
+    """(criterion, group type, fixed fraction): Distiller's one-shot ranked pruner signature."""
+    criterion_name = "L1"
+    group_types = RANKABLE_GROUP_TYPES
+
+    def __init__(self, name: str, group_type: str, desired_sparsity: Optional[float] = None,
+                 weights: Optional[Sequence[str]] = None, group_dependency: Optional[str] = None,
+                 kwargs: Optional[dict] = None, noise: float = 0.0, group_size: int = 1,
+                 rounding_fn="floor", fraction_to_prune: Optional[float] = None, seed: int = 0,
+                 model: Optional[nn.Module] = None):
+        target = FixedTarget(desired_fraction(desired_sparsity, fraction_to_prune))
+        _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
+               rounding_fn, seed, model)
+
+
+class _AGPForm(RankedStructurePruner):
+    """(criterion, group type, AGP target): Distiller's ``*_AGP`` signature."""
+    criterion_name = "L1"
+    group_types = RANKABLE_GROUP_TYPES
+
+    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
+                 weights: Sequence[str], group_dependency: Optional[str] = None,
+                 kwargs: Optional[dict] = None, noise: float = 0.0, group_size: int = 1,
+                 rounding_fn="floor", seed: int = 0, model: Optional[nn.Module] = None):
+        target = AGPTarget(*agp_fractions(initial_sparsity, final_sparsity))
+        _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
+               rounding_fn, seed, model)
+
+
+def _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
+           rounding_fn, seed, model):
+    if weights is None:
+        raise ComponentArgError("weights", "is required: a list of weight names")
+    seed = _check_seed(seed)
+    criterion = make_criterion(self.criterion_name, seed)
+    allowed = self.group_types
+    if criterion.group_types is not None:
+        allowed = tuple(t for t in allowed if t in criterion.group_types)
+    granularity = Granularity(group_type, kwargs, allowed)
+    RankedStructurePruner.__init__(self, name, weights, criterion, granularity, target,
+                                   group_dependency, group_size, rounding_fn, noise, seed, model)
+
+
+@PRUNERS.register
+class RankedStructureParameterPruner(_FixedForm):
+    """Any criterion (``criterion: L1 | L2 | BNGamma | APoZ | MeanActivation | Taylor | Random``),
+    any rankable group type, a fixed fraction."""
+
+    def __init__(self, name: str, group_type: str, desired_sparsity: Optional[float] = None,
+                 weights: Optional[Sequence[str]] = None, criterion: str = "L1",
+                 group_dependency: Optional[str] = None, kwargs: Optional[dict] = None,
+                 noise: float = 0.0, group_size: int = 1, rounding_fn="floor",
+                 fraction_to_prune: Optional[float] = None, seed: int = 0,
+                 model: Optional[nn.Module] = None):
+        self.criterion_name = criterion
+        super().__init__(name, group_type, desired_sparsity, weights, group_dependency, kwargs, noise,
+                         group_size, rounding_fn, fraction_to_prune, seed, model)
+
+
+@PRUNERS.register
+class StructuredAutomatedGradualPruner(_AGPForm):
+    """Any criterion, any rankable group type, an AGP target: the general structured AGP."""
+
+    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
+                 weights: Sequence[str], criterion: str = "L1",
+                 group_dependency: Optional[str] = None, kwargs: Optional[dict] = None,
+                 noise: float = 0.0, group_size: int = 1, rounding_fn="floor", seed: int = 0,
+                 model: Optional[nn.Module] = None):
+        self.criterion_name = criterion
+        super().__init__(name, initial_sparsity, final_sparsity, group_type, weights,
+                         group_dependency, kwargs, noise, group_size, rounding_fn, seed, model)
+
+
+# Distiller's names: a criterion fixed on a form; nothing else.
+@PRUNERS.register
+class L1RankedStructureParameterPruner(_FixedForm):
+    """Mean-|w| ranking, fixed fraction."""
+    criterion_name = "L1"
+
+
+@PRUNERS.register
+class L1RankedStructureParameterPruner_AGP(_AGPForm):
+    """Mean-|w| ranking, AGP fraction."""
+    criterion_name = "L1"
+
+
+@PRUNERS.register
+class L2RankedStructureParameterPruner(_FixedForm):
+    """Length-normalized L2 ranking, fixed fraction."""
+    criterion_name = "L2"
+
+
+@PRUNERS.register
+class L2RankedStructureParameterPruner_AGP(_AGPForm):
+    """Length-normalized L2 ranking, AGP fraction."""
+    criterion_name = "L2"
+
+
+@PRUNERS.register
+class ActivationAPoZRankedFilterPruner(_FixedForm):
+    """Filters whose activation channel is most often zero (network trimming), fixed fraction."""
+    criterion_name = "APoZ"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class ActivationAPoZRankedFilterPruner_AGP(_AGPForm):
+    criterion_name = "APoZ"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class ActivationMeanRankedFilterPruner(_FixedForm):
+    """Filters whose activation channel has the lowest mean, fixed fraction."""
+    criterion_name = "MeanActivation"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class ActivationMeanRankedFilterPruner_AGP(_AGPForm):
+    criterion_name = "MeanActivation"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class GradientRankedFilterPruner(_FixedForm):
+    """Filters with the smallest first-order Taylor importance |sum(w * grad)|, fixed fraction."""
+    criterion_name = "Taylor"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class GradientRankedFilterPruner_AGP(_AGPForm):
+    criterion_name = "Taylor"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class RandomRankedFilterPruner(_FixedForm):
+    """Exactly the counted number of filters, chosen at random (seeded): a baseline."""
+    criterion_name = "Random"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class RandomRankedFilterPruner_AGP(_AGPForm):
+    criterion_name = "Random"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class BNGammaRankedFilterPruner(_FixedForm):
+    """Filters whose batch-norm |gamma| is smallest (network slimming), fixed fraction."""
+    criterion_name = "BNGamma"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class BNGammaRankedFilterPruner_AGP(_AGPForm):
+    criterion_name = "BNGamma"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class BernoulliFilterPruner(_BernoulliSelect, _FixedForm):
+    """Each filter dropped with probability ``desired_sparsity`` (DropFilter-like)."""
+    criterion_name = "Random"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class BernoulliFilterPruner_AGP(_BernoulliSelect, _AGPForm):
+    criterion_name = "Random"
+    group_types = FILTER_GROUP_TYPES
+
+
+@PRUNERS.register
+class RandomLevelStructureParameterPruner(_FixedForm):
+    """Mean-|w| ranking to a fraction drawn uniformly from ``sparsity_range`` at each step."""
+    criterion_name = "L1"
+
+    def __init__(self, name: str, group_type: str, sparsity_range: Sequence[float],
+                 weights: Sequence[str], group_dependency: Optional[str] = None,
+                 kwargs: Optional[dict] = None, noise: float = 0.0, group_size: int = 1,
+                 rounding_fn="floor", seed: int = 0, model: Optional[nn.Module] = None):
+        ok = isinstance(sparsity_range, (list, tuple)) and len(sparsity_range) == 2
+        if not ok:
+            raise ComponentArgError("sparsity_range", f"must be [low, high] with 0 <= low <= high < 1; "
+                                                      f"got {sparsity_range!r}")
+        low = check_sparsity("sparsity_range", sparsity_range[0])
+        high = check_sparsity("sparsity_range", sparsity_range[1])
+        if high < low:
+            raise ComponentArgError("sparsity_range", f"low ({low}) must be <= high ({high})")
+        target = RandomLevelTarget(low, high, _check_seed(seed))
+        _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
+               rounding_fn, seed, model)

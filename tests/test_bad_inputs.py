@@ -1,0 +1,69 @@
+"""The corpus in tests/bad_inputs/: each broken input gives exit code 2, one clear line naming the
+problem, no traceback, and leaves no file behind.
+
+``*.yaml`` files are schedules given to ``--compress``; ``*.args`` files are command lines (with
+placeholders for files made here: damaged checkpoints, an empty data folder). The first line of
+each file is ``# expect: <regex>`` matched against the one error line.
+"""
+import os
+import pathlib
+import shlex
+
+import pytest
+import torch
+
+from compressor.cli.compress_classifier import main
+from compressor.models import create_model
+from compressor.checkpoint import save_checkpoint
+
+CORPUS = pathlib.Path(__file__).parent / "bad_inputs"
+CASES = sorted(p.name for p in CORPUS.iterdir() if p.suffix in (".yaml", ".args"))
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo owned",))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty").mkdir()
+    good = str(d / "good.pth.tar")
+    save_checkpoint(good, create_model("simplenet_mnist"), arch="simplenet_mnist", dataset="digits", epoch=0)
+    data = open(good, "rb").read()
+    (d / "truncated.pth.tar").write_bytes(data[: len(data) // 3])
+    torch.save({"state_dict": {}, "payload": Evil()}, d / "pickled.pth.tar")
+    torch.save({"weights": torch.ones(3)}, d / "plain.pt")
+    return {"tmp": str(d), "empty_dir": str(d / "empty"), "ckpt_good": good,
+            "ckpt_truncated": str(d / "truncated.pth.tar"), "ckpt_pickled": str(d / "pickled.pth.tar"),
+            "ckpt_plain": str(d / "plain.pt")}
+
+
+def test_the_corpus_is_big_enough():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_broken_input(case, files, tmp_path, capsys):
+    path = CORPUS / case
+    first, _, rest = path.read_text().partition("\n")
+    assert first.startswith("# expect: ")
+    expected = first[len("# expect: "):]
+    out = tmp_path / "out"
+    if path.suffix == ".yaml":
+        argv = ["--arch", "simplenet_mnist", "--dataset", "digits", "--compress", str(path)]
+    else:
+        argv = shlex.split(rest.strip().format(**files))
+    try:
+        code = main(argv + ["-o", str(out), "--epochs", "1"] if "--epochs" not in argv else argv + ["-o", str(out)])
+    except SystemExit as e:          # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    import re
+    assert re.search(expected, lines[0]), lines[0]
+    assert not out.exists() or not any(out.rglob("*")), "a failed start must not write files"
