@@ -40,6 +40,14 @@ def check_args(args: argparse.Namespace) -> None:
     need(not (args.resume_from and args.exp_load_weights_from),
          "--resume-from and --exp-load-weights-from cannot be used together")
     need(not args.reset_optimizer or args.resume_from, "--reset-optimizer needs --resume-from")
+    need(not args.thinnify or args.resume_from or args.exp_load_weights_from,
+         "--thinnify needs a checkpoint: --resume-from PATH (or --exp-load-weights-from PATH)")
+    need(not args.scratch or args.exp_load_weights_from,
+         "--scratch needs --exp-load-weights-from PATH: the (thinned) checkpoint whose architecture "
+         "to train from scratch")
+    need(args.sense_range[2] > 0 and 0 <= args.sense_range[0] < args.sense_range[1] <= 1,
+         f"--sense-range START STOP STEP needs 0 <= START < STOP <= 1 and STEP > 0; got "
+         f"{' '.join(f'{x:g}' for x in args.sense_range)}")
     for flag in ("compress", "resume_from", "exp_load_weights_from"):
         path = getattr(args, flag)
         need(path is None or os.path.isfile(path),

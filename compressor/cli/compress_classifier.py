@@ -26,36 +26,12 @@ from ..errors import CompressorError
 from ..scheduler import CompressionScheduler
 from .best import BestScores
 from .common import (UsageError, check_args, choose_seed, make_optimizer, make_run_dir, pick_device,
-                     seed_everything, setup_logging, table, weight_stats)
+                     seed_everything, setup_logging)
 from .epochs import Loop
+from .modes import export_onnx, reinitialize, run_summaries, scratch_epochs, sensitivity, thinnify
 from .parser import build_parser
 
 log = logging.getLogger("compressor.app")
-
-
-def run_summaries(args, model, dataset: str) -> None:
-    shape = models.input_shape(dataset)
-    for what in args.summary:
-        if what == "sparsity":
-            df, total, _ = weight_stats(model)
-            print("Parameters:\n" + table(df) + f"\nTotal sparsity: {total:.2f}")
-        elif what == "compute":
-            df = summary.model_performance_summary(model, torch.zeros(1, *shape))
-            print(table(df) + f"\nTotal MACs: {int(summary.compute_totals(df)['MACs']):,}")
-        elif what == "model":
-            print(model)
-        elif what == "modules":
-            print(table(summary.model_summary_modules(model)))
-
-
-def export_onnx(args, model, dataset: str) -> None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise UsageError("--export-onnx needs the onnx package: pip install 'compressor[onnx]'") from None
-    model.eval()
-    torch.onnx.export(model, (torch.zeros(1, *models.input_shape(dataset)),), args.export_onnx)
-    log.info("Exported the model to %s", args.export_onnx)
 
 
 def shared_seed(args, distributed: bool) -> int:
@@ -102,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         if resumed.get("compression_sched") is not None:
             scheduler = CompressionScheduler(model)
         ckpt_io.restore(resumed, model, optimizer if full else None, scheduler, arch=args.arch, path=path)
+        if args.scratch:   # the checkpoint only lends its (thinned) architecture
+            reinitialize(model)
+            scheduler = None
         if not full:   # weights only: the parameters may have been thinned, so a new optimizer
             optimizer = make_optimizer(args, model)
         else:
@@ -145,6 +124,16 @@ def run(args: argparse.Namespace) -> int:
              test_loader.dataset_size * world)
     if resumed is not None:
         log.info("Loaded %s (epoch %s)", args.resume_from or args.exp_load_weights_from, resumed.get("epoch"))
+
+    if args.thinnify:
+        thinnify(args, model, optimizer, scheduler, resumed, args.resume_from or args.exp_load_weights_from,
+                 run_dir, model_dataset)
+        return 0
+    if args.sense:
+        sensitivity(args, model, valid_loader or test_loader, nn.CrossEntropyLoss(), device, run_dir)
+        return 0
+    if args.scratch == "B":
+        args.epochs = scratch_epochs(args, model, model_dataset)
 
     train_model = ElasticDDP(model) if distributed else model
     loop = Loop(args=args, model=model, train_model=train_model, optimizer=optimizer,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-SUMMARIES = ("sparsity", "compute", "model", "modules")
+SUMMARIES = ("sparsity", "compute", "model", "modules", "thinning")
 PHASES = ("train", "valid", "test")
 
 
@@ -99,6 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "--exp-load-weights-from)")
     g.add_argument("--export-onnx", nargs="?", const="model.onnx", default=None, metavar="FILE",
                    help="export the model to ONNX and exit (needs the onnx extra)")
+    g.add_argument("--thinnify", action="store_true",
+                   help="remove the zeroed filters and channels of the --resume-from / "
+                        "--exp-load-weights-from checkpoint and save it as "
+                        "<stem>_thinned_checkpoint.pth.tar in the run folder, with the compute "
+                        "table before and after")
+    g.add_argument("--sense", choices=("element", "filter", "channel"), default=None,
+                   help="sensitivity analysis: prune each layer alone at each level of "
+                        "--sense-range, evaluate on the validation set, restore; writes "
+                        "sensitivity.csv, sensitivity.png (with the plot extra) and "
+                        "sensitivity_schedule.yaml")
+    g.add_argument("--sense-range", nargs=3, type=float, default=[0.0, 0.95, 0.05],
+                   metavar=("START", "STOP", "STEP"), help="sparsity levels (stop exclusive)")
+    g.add_argument("--sense-max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="top-1 points a layer may lose in the suggested schedule")
+
+    g = p.add_argument_group("scratch baselines (Liu et al., Rethinking the Value of Network Pruning)")
+    g.add_argument("--scratch", choices=("E", "B"), default=None,
+                   help="train the architecture of the --exp-load-weights-from checkpoint (e.g. a "
+                        "thinned one) from random initialization: E for --epochs epochs, B for the "
+                        "same compute budget (epochs scaled by dense MACs / its MACs)")
+    g.add_argument("--scratch-dense-arch", default=None, metavar="ARCH",
+                   help="for --scratch B: the dense architecture (default: --arch)")
 
     g = p.add_argument_group("reports")
     g.add_argument("--confusion", action="store_true", help="print the confusion matrix when evaluating")
