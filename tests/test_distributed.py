@@ -116,3 +116,23 @@ def test_masks_and_weights_identical_on_every_rank_even_with_a_random_criterion(
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("RANKS AGREE") == 2
+
+
+def test_thinning_mid_run_under_ddp_rebuilds_the_wrapper_and_matches_one_process(tmp_path):
+    thin = os.path.join(ROOT, "schedules", "filters", "simplenet_mnist.l1_agp_thin.yaml")
+    args = [a if a != AGP else thin for a in ARGS]
+    args[args.index("--epochs") + 1] = "6"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), APP, *args,
+                          "-o", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, APP, *args, "-o", str(tmp_path / "single")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = read_checkpoint(os.path.join(only_dir(tmp_path / "ddp"), "checkpoint.pth.tar"))
+    b = read_checkpoint(os.path.join(only_dir(tmp_path / "single"), "checkpoint.pth.tar"))
+    assert tuple(a["state_dict"]["conv2.weight"].shape) == (25, 10, 5, 5)
+    assert a["thinning_recipes"] == b["thinning_recipes"]
+    for name, w in a["state_dict"].items():
+        assert torch.allclose(w, b["state_dict"][name], atol=1e-5), name
