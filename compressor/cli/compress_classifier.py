@@ -135,7 +135,11 @@ def run(args: argparse.Namespace) -> int:
     if args.scratch == "B":
         args.epochs = scratch_epochs(args, model, model_dataset)
 
+    if args.compile and distributed:
+        raise UsageError("--compile is not supported under torchrun yet; drop one of them")
     train_model = ElasticDDP(model) if distributed else model
+    if args.compile:
+        train_model = torch.compile(train_model)
     loop = Loop(args=args, model=model, train_model=train_model, optimizer=optimizer,
                 scheduler=scheduler, train_loader=train_loader, valid_loader=valid_loader,
                 test_loader=test_loader, criterion=nn.CrossEntropyLoss(), device=device,

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="L2 weight decay")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
                    help="Distiller always used SGD")
+    g.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (recompiles by itself after thinning; the "
+                        "first steps pay the compilation time)")
     g.add_argument("--print-freq", "-p", type=int, default=20, metavar="N",
                    help="progress line every N minibatches when not on a terminal")
     g.add_argument("--seed", type=int, default=None,
