@@ -99,6 +99,13 @@ def run(args: argparse.Namespace) -> int:
         if state is not None:
             scheduler.load_state_dict(state)
 
+    if args.thinnify:   # needs no data: the example input comes from the dataset's shape
+        run_dir = make_run_dir(args)
+        setup_logging(args.verbose, os.path.join(run_dir, "run.log"))
+        thinnify(args, model, optimizer, scheduler, resumed, args.resume_from or args.exp_load_weights_from,
+                 run_dir, model_dataset)
+        return 0
+
     world = env.world_size if distributed else 1
     train_loader, valid_loader, test_loader = load_data(
         dataset, args.data, args.batch_size // world, workers=args.workers,
@@ -125,10 +132,6 @@ def run(args: argparse.Namespace) -> int:
     if resumed is not None:
         log.info("Loaded %s (epoch %s)", args.resume_from or args.exp_load_weights_from, resumed.get("epoch"))
 
-    if args.thinnify:
-        thinnify(args, model, optimizer, scheduler, resumed, args.resume_from or args.exp_load_weights_from,
-                 run_dir, model_dataset)
-        return 0
     if args.sense:
         sensitivity(args, model, valid_loader or test_loader, nn.CrossEntropyLoss(), device, run_dir)
         return 0
