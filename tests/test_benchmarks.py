@@ -1,0 +1,62 @@
+"""Smoke test of benchmarks/run.py --quick: every benchmark runs and prints its table rows.
+
+Speeds are never asserted here (a shared CPU makes any time limit flaky); the benchmarks report
+them and docs/benchmarks.md records what was measured.
+"""
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+EXPECTED_ROWS = [
+    # bench_scheduler
+    "## Training step with masks: resnet20_cifar, batch ",
+    "| (a) plain step ",
+    "| (b) AGP masks via CompressionScheduler ",
+    "| (c) torch.nn.utils.prune (custom_from_mask) ",
+    "| ours, scheduler events timed inside (b) ",
+    "| ours, median(b) - median(a) ",
+    "| on_minibatch_end (fused mask multiply) ",
+    "| all four events ",
+    "| torch.nn.utils.prune: its forward-pre-hooks + their backward ",
+    "Target (engine issue",
+    # bench_app_epoch
+    "## One training epoch: simplenet_mnist, batch 256",
+    "| (a) bare PyTorch loop (no scheduler) ",
+    "| (a') compressor.training.train_epoch, no scheduler ",
+    "| (b) on_epoch_begin + train_epoch with AGP scheduler ",
+    "| (c) compress_classifier.main, 1 epoch: wall time ",
+    "| (c) its epoch_seconds (train + validate, from metrics.csv) ",
+    "| scheduler events timed inside (b), per epoch ",
+    "Target (app issue",
+]
+
+
+def test_run_quick_prints_every_table():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                           "--threads", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "torch.get_num_threads() = 1" in out
+    missing = [row for row in EXPECTED_ROWS if row not in out]
+    assert not missing, f"missing rows: {missing}\n{out}"
+    # Every table row carries numbers, not placeholders from a failed measurement.
+    assert not re.search(r"\bnan\b", out, re.IGNORECASE)
+    assert "FAILED" not in out
+
+
+def test_benchmark_list_is_one_module_per_entry_with_run():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import importlib
+
+        from benchmarks import md_table
+        from benchmarks.run import BENCHMARKS
+        for name in BENCHMARKS:
+            assert callable(importlib.import_module(name).run), name
+        assert md_table(["a", "b"], [["x", 1]]).splitlines() == ["| a | b |", "|:--|--:|", "| x | 1 |"]
+    finally:
+        sys.path.remove(str(ROOT))
