@@ -1,0 +1,146 @@
+"""Every ready schedule under schedules/ builds against the architecture its header names, and runs.
+
+Header convention (comment lines at the top of each YAML file):
+
+    # arch: lenet5                      the architecture (compressor.models.create_model name)
+    # requires: thinning                optional: a feature still being written
+    #   python apps/compress_classifier.py --arch lenet5 ... --compress schedules/<this file>
+
+``# arch:`` may be left out when the command names ``--arch``. A file is skipped only when it
+declares ``# requires: ...`` AND names a class that is not registered yet; the skip says which.
+A file that names an unregistered class without declaring it fails.
+"""
+import math
+import pathlib
+import re
+
+import pytest
+import torch
+import yaml
+
+import compressor
+from compressor.models import create_model, dataset_of, input_shape
+from compressor.policies import LRPolicy, PruningPolicy, RegularizationPolicy
+from compressor.pruners import AutomatedGradualPruner
+from compressor.registry import SECTIONS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCHEDULES = sorted(p for p in (ROOT / "schedules").rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def header(path: pathlib.Path) -> str:
+    """The leading comment block, with '#' removed and shell line continuations joined."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return re.sub(r"\\\s*\n\s*", " ", "\n".join(lines))
+
+
+def header_info(path: pathlib.Path):
+    text = header(path)
+    arch = re.search(r"^arch:\s*(\S+)\s*$", text, re.M)
+    requires = re.search(r"^requires:\s*(.+?)\s*$", text, re.M)
+    commands = re.findall(r"python apps/compress_classifier\.py .*", text)
+    command = next((c for c in commands if "--compress" in c), commands[0] if commands else None)
+    return arch.group(1) if arch else None, requires.group(1) if requires else None, command
+
+
+def unregistered_classes(path: pathlib.Path):
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    missing = []
+    for section, registry in SECTIONS.items():
+        for name, spec in (data.get(section) or {}).items():
+            cls = spec.get("class") if isinstance(spec, dict) else None
+            if cls is not None and cls not in registry:
+                missing.append(f"{section}.{name}: {cls}")
+    return missing
+
+
+def exercise(model, scheduler, optimizer, epochs, batches=2, batch_size=2, shape=None):
+    """Run the six scheduler events over random data at ``epochs``; return the loss components."""
+    shape = shape or input_shape(dataset_of("lenet5"))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    names = set()
+    g = torch.Generator().manual_seed(0)
+    for epoch in epochs:
+        scheduler.on_epoch_begin(epoch, optimizer)
+        for i in range(batches):
+            x = torch.randn(batch_size, *shape, generator=g)
+            y = torch.randint(0, 10, (batch_size,), generator=g)
+            scheduler.on_minibatch_begin(epoch, i, batches, optimizer)
+            loss = loss_fn(model(x), y)
+            out = scheduler.before_backward_pass(epoch, i, batches, loss, optimizer,
+                                                 return_loss_components=True)
+            assert torch.isfinite(out.overall_loss)
+            optimizer.zero_grad()
+            out.overall_loss.backward()
+            scheduler.before_parameter_optimization(epoch, i, batches, optimizer)
+            optimizer.step()
+            scheduler.on_minibatch_end(epoch, i, batches, optimizer)
+            names.update(c.name for c in out.loss_components)
+        scheduler.on_epoch_end(epoch, optimizer, metrics={"min": 1.0, "max": 50.0})
+    return names
+
+
+def build_and_exercise(path, arch):
+    """Build ``path`` for ``arch`` and run each policy's first and last firing epochs."""
+    torch.manual_seed(0)
+    model = create_model(arch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    scheduler = compressor.file_config(model, optimizer, str(path))
+    policies = scheduler.ordered
+    assert policies, f"{path}: the schedule has no policies"
+    epochs = sorted({e for p in policies for e in (p.epochs[0], p.epochs[-1])})
+    components = exercise(model, scheduler, optimizer, epochs,
+                          shape=input_shape(dataset_of(arch)))
+    params = dict(model.named_parameters())
+    for policy in policies:
+        if isinstance(policy, PruningPolicy):
+            assert any(n in scheduler.masks for n in policy.pruner.param_names), \
+                f"{policy.name} installed no mask"
+            if type(policy.pruner) is AutomatedGradualPruner and not policy.forward_only:
+                for name in policy.pruner.param_names:   # AGP ends exactly at final_sparsity
+                    numel = params[name].numel()
+                    want = math.floor(policy.pruner.final_sparsity * numel + 1e-6)
+                    assert int((params[name] == 0).sum()) >= want, name
+        elif isinstance(policy, RegularizationPolicy):
+            assert policy.loss_name in components
+        elif isinstance(policy, LRPolicy):
+            assert optimizer.param_groups[0]["lr"] >= 0
+    return model, scheduler
+
+
+def test_there_are_schedules():
+    assert len(SCHEDULES) >= 10, [p.name for p in SCHEDULES]
+
+
+@pytest.mark.parametrize("path", SCHEDULES, ids=[str(p.relative_to(ROOT)) for p in SCHEDULES])
+def test_schedule_header_builds_and_runs(path):
+    arch, requires, command = header_info(path)
+    rel = path.relative_to(ROOT).as_posix()
+    assert command, f"{rel}: the header must give the command: python apps/compress_classifier.py"
+    assert f"--compress {rel}" in command, f"{rel}: the command must use --compress {rel}"
+    cmd_arch = re.search(r"--arch (\S+)", command)
+    assert cmd_arch, f"{rel}: the command must name --arch"
+    if arch is None:
+        arch = cmd_arch.group(1)
+    assert cmd_arch.group(1) == arch, \
+        f"{rel}: '# arch: {arch}' but the command uses --arch {cmd_arch.group(1)}"
+    missing = unregistered_classes(path)
+    if missing:
+        if requires:
+            pytest.skip(f"requires {requires}: not registered yet: {', '.join(missing)}")
+        pytest.fail(f"{rel} names unregistered classes ({', '.join(missing)}) and declares no "
+                    f"'# requires:' line")
+    build_and_exercise(path, arch)
+
+
+def test_header_parsing_is_strict(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("# arch: lenet5\n# requires: thinning\n#   python apps/compress_classifier.py "
+                 "--arch lenet5 \\\n#     --compress schedules/x.yaml\nversion: 1\n# arch: other\n")
+    arch, requires, command = header_info(p)
+    assert (arch, requires) == ("lenet5", "thinning")
+    assert command.endswith("--compress schedules/x.yaml")
