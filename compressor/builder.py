@@ -177,6 +177,24 @@ def _build_lr_scheduler(component: cfg.Component, path, params, optimizer, resum
     return sched
 
 
+def _policy_levels(spec: cfg.PolicySpec, params: Mapping[str, torch.Tensor], path) -> Dict[str, float]:
+    """A pruning policy's ``levels`` arg, names resolved like a pruner's and values checked."""
+    raw = spec.raw[spec.kind]["args"]["levels"]
+    names = list(params)
+    out: Dict[str, float] = {}
+    for key, value in sorted(raw.items(), key=lambda kv: (str(kv[0]) == "*") + is_pattern(str(kv[0]))):
+        keypath = f"{spec.key}.{spec.kind}.args.levels.{key}"
+        found = match_names(str(key), names)
+        if not found:
+            raise ScheduleError(_no_match(str(key), names), path, cfg.line_of(raw, key), keypath)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ScheduleError(f"must be a sparsity in [0, 1); got {value!r}", path,
+                                cfg.line_of(raw, key), keypath)
+        for n in found:
+            out.setdefault(n, float(value))
+    return out
+
+
 def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
           scheduler: Optional[CompressionScheduler] = None,
           resumed_epoch: Optional[int] = None) -> CompressionScheduler:
@@ -192,7 +210,10 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
     for spec in schedule.policies:
         section = cfg.POLICY_KINDS[spec.kind]
         if spec.kind == "pruner":
-            policy = PruningPolicy(built[(section, spec.instance_name)], spec.args)
+            args = dict(spec.args)
+            if "levels" in args:
+                args["levels"] = _policy_levels(spec, params, path)
+            policy = PruningPolicy(built[(section, spec.instance_name)], args)
         elif spec.kind == "regularizer":
             policy = RegularizationPolicy(built[(section, spec.instance_name)],
                                           keep_mask=bool(spec.args.get("keep_mask", False)))
@@ -212,12 +233,20 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
         used[spec.instance_name] = spec.key
     if scheduler is None:
         scheduler = CompressionScheduler(model)
-    # Everything above only validated and constructed; from here on the optimizer is touched.
-    for spec in lr_specs:
-        component = schedule.components["lr_schedulers"][spec.instance_name]
-        done = 0 if resumed_epoch is None else sum(1 for e in spec.firing_epochs() if e <= resumed_epoch)
-        sched = _build_lr_scheduler(component, path, params, optimizer, resumed_epoch, done)
-        plan.append((LRPolicy(sched, spec.instance_name), spec))
+    # Everything above only validated and constructed. LR schedulers touch the optimizer when
+    # built (lr, initial_lr), so its param groups are restored if any of them fails.
+    saved_groups = [dict(g) for g in optimizer.param_groups] if optimizer is not None else []
+    try:
+        for spec in lr_specs:
+            component = schedule.components["lr_schedulers"][spec.instance_name]
+            done = 0 if resumed_epoch is None else sum(1 for e in spec.firing_epochs() if e <= resumed_epoch)
+            sched = _build_lr_scheduler(component, path, params, optimizer, resumed_epoch, done)
+            plan.append((LRPolicy(sched, spec.instance_name), spec))
+    except BaseException:
+        for group, saved in zip(optimizer.param_groups if optimizer is not None else [], saved_groups):
+            group.clear()
+            group.update(saved)
+        raise
     for policy, spec in plan:
         scheduler.add_policy(policy, epochs=spec.firing_epochs(),
                              key=f"{spec.key}:{spec.kind}:{spec.instance_name}")

@@ -87,7 +87,8 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     return dict(ckpt)
 
 
-def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str,
+                  strict: bool = True) -> None:
     target = unwrap(model)
     own = target.state_dict()
     state = {k[7:] if k.startswith("module.") and k not in own else k: v for k, v in state.items()}
@@ -95,6 +96,9 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not strict:   # like nn.Module.load_state_dict(strict=False): shapes must still fit
+        missing, unexpected = [], []
+        state = {k: v for k, v in state.items() if k in own}
     if missing or unexpected or wrong:
         parts = []
         if wrong:
@@ -104,11 +108,11 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str
         if unexpected:
             parts.append(f"unexpected: {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}")
         raise CheckpointError(f"{path}: weights do not fit the model ({'; '.join(parts)})")
-    target.load_state_dict(state, strict=True)
+    target.load_state_dict(state, strict=strict)
 
 
 def restore(ckpt: Mapping[str, Any], model: nn.Module, optimizer=None, scheduler=None,
-            arch: Optional[str] = None, path: str = "checkpoint") -> None:
+            arch: Optional[str] = None, path: str = "checkpoint", strict: bool = True) -> None:
     """Put a read checkpoint's state into ``model`` (and optimizer and scheduler when given).
 
     Thinning recipes are replayed first, so a thinned checkpoint loads into a dense model built
@@ -123,7 +127,7 @@ def restore(ckpt: Mapping[str, Any], model: nn.Module, optimizer=None, scheduler
         replay(model, recipes, optimizer=None)
         if scheduler is not None:
             scheduler.store.rebind(model)
-    _load_weights(model, ckpt["state_dict"], path)
+    _load_weights(model, ckpt["state_dict"], path, strict)
     if optimizer is not None and ckpt.get("optimizer_state_dict") is not None:
         saved_type = ckpt.get("optimizer_type")
         if saved_type and saved_type != type(optimizer).__name__:
@@ -143,14 +147,15 @@ def load_checkpoint(model: nn.Module, chkpt_file: str, optimizer=None,
     """Distiller's ``load_checkpoint``: returns (model, compression_scheduler, optimizer, start_epoch).
 
     The compression scheduler holds the saved masks (no policies: add them with ``file_config(...,
-    scheduler=...)``). With ``lean_checkpoint`` only the weights are loaded.
+    scheduler=...)``). With ``lean_checkpoint`` only the weights are loaded. ``strict=False``
+    tolerates missing and unexpected weight names (shapes must still fit).
     """
     from .scheduler import CompressionScheduler
     ckpt = read_checkpoint(chkpt_file)
     scheduler = None
     if not lean_checkpoint and ckpt.get("compression_sched") is not None:
         scheduler = CompressionScheduler(model)
-    restore(ckpt, model, None if lean_checkpoint else optimizer, scheduler, path=chkpt_file)
+    restore(ckpt, model, None if lean_checkpoint else optimizer, scheduler, path=chkpt_file, strict=strict)
     if model_device is not None:
         model.to(model_device)
     epoch = ckpt.get("epoch")

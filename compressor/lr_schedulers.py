@@ -15,7 +15,10 @@ from torch.optim import lr_scheduler as torch_lr
 from .errors import ComponentArgError
 from .registry import LR_SCHEDULERS
 
-_SKIP = {"LRScheduler", "_LRScheduler", "PolynomialLR", "SequentialLR", "ChainedScheduler"}
+# Not nameable from YAML: base classes, ours-instead-of-torch's PolynomialLR, and schedulers whose
+# arguments are Python callables or other scheduler objects, which a YAML file cannot hold.
+_SKIP = {"LRScheduler", "_LRScheduler", "PolynomialLR", "SequentialLR", "ChainedScheduler",
+         "LambdaLR", "MultiplicativeLR"}
 
 for _name, _cls in vars(torch_lr).items():
     if (inspect.isclass(_cls) and not _name.startswith("_") and _name not in _SKIP

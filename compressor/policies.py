@@ -150,10 +150,13 @@ class PruningPolicy(ScheduledTrainingPolicy):
                 store.remove(name)
 
     def on_epoch_end(self, epoch, store, model, optimizer=None, metrics=None):
-        if epoch == self.epochs[-1] and self.args.get("keep_mask"):
+        if epoch != self.epochs[-1]:
+            return
+        for name in self.pruner.param_names:    # gradient masking ends with the policy
+            store.mask_gradients(name, False)
+        if self.args.get("keep_mask"):
             for name in self.pruner.param_names:
                 store.set_forward_only(name, False)
-                store.mask_gradients(name, False)
             self.forward_only = self.double_copies = False
             store.apply(self.pruner.param_names)
 

@@ -134,3 +134,33 @@ def test_dict_config_and_dataparallel_prefix(tiny):
         "policies": [{"pruner": {"instance_name": "p"}, "epochs": [0]}]})
     sched.on_epoch_begin(0)
     assert compressor.sparsity(tiny.fc.weight) == pytest.approx(0.5)
+
+
+def test_a_failing_lr_scheduler_leaves_the_optimizer_as_it_was(tiny):
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    with pytest.raises(ScheduleError, match=r"lr_schedulers\.b\.bogus: StepLR has no parameter 'bogus'"):
+        compressor.dict_config(tiny, opt, {
+            "lr_schedulers": {"a": {"class": "LinearLR", "start_factor": 0.5},
+                              "b": {"class": "StepLR", "step_size": 1, "bogus": 2}},
+            "policies": [{"lr_scheduler": {"instance_name": "a"}, "epochs": [0]},
+                         {"lr_scheduler": {"instance_name": "b"}, "epochs": [1]}]})
+    assert opt.param_groups[0]["lr"] == 0.1 and "initial_lr" not in opt.param_groups[0]
+
+
+def test_policy_levels_are_matched_like_weight_names_and_checked(tiny):
+    sched = compressor.dict_config(tiny, None, {
+        "pruners": {"l": {"class": "LevelPruner", "levels": {"fc.weight": 0.1}}},
+        "policies": [{"pruner": {"instance_name": "l", "args": {"levels": {"module.fc.weight": 0.5}}},
+                      "epochs": [0]}]})
+    sched.on_epoch_begin(0)
+    assert compressor.sparsity(tiny.fc.weight) == pytest.approx(0.5)
+    with pytest.raises(ScheduleError, match=r"policies\[0\]\.pruner\.args\.levels\.fc\.weight: must be a sparsity in \[0, 1\); got 1\.5"):
+        compressor.dict_config(tiny, None, {
+            "pruners": {"l": {"class": "LevelPruner", "levels": {"fc.weight": 0.1}}},
+            "policies": [{"pruner": {"instance_name": "l", "args": {"levels": {"fc.weight": 1.5}}},
+                          "epochs": [0]}]})
+    with pytest.raises(ScheduleError, match=r"levels\.fc9\.weight: 'fc9\.weight' matches no parameter"):
+        compressor.dict_config(tiny, None, {
+            "pruners": {"l": {"class": "LevelPruner", "levels": {"fc.weight": 0.1}}},
+            "policies": [{"pruner": {"instance_name": "l", "args": {"levels": {"fc9.weight": 0.5}}},
+                          "epochs": [0]}]})

@@ -121,3 +121,14 @@ def test_optimizer_type_mismatch_is_explained(tmp_path):
     m = TinyNet()
     with pytest.raises(CheckpointError, match=r"optimizer state is for SGD, not Adam; use --reset-optimizer"):
         restore(read_checkpoint(path), m, torch.optim.Adam(m.parameters()), path=path)
+
+
+def test_non_strict_load_tolerates_missing_and_extra_names(tmp_path):
+    model, opt, sched = pruned_run()
+    path = save_checkpoint(str(tmp_path / "c.pth.tar"), model)
+    other = TinyNet()
+    other.extra = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match=r"missing: extra\.weight, extra\.bias"):
+        load_checkpoint(other, path)
+    load_checkpoint(other, path, strict=False)
+    assert torch.equal(other.fc.weight, model.fc.weight)

@@ -98,7 +98,7 @@ def test_splicing_cuts_low_splices_high_keeps_middle():
 @pytest.mark.parametrize("make,key,match", [
     (lambda: AutomatedGradualPruner("a", -0.1, 0.5, ["w"]), "initial_sparsity", r"must be in \[0\.0, 1\.0\)"),
     (lambda: AutomatedGradualPruner("a", 0.1, 0.5, []), "weights", "non-empty list"),
-    (lambda: MagnitudeParameterPruner("m", {"w": -1}), "thresholds.w", r"must be in >= 0\.0"),
+    (lambda: MagnitudeParameterPruner("m", {"w": -1}), "thresholds.w", r"must be >= 0\.0; got -1"),
     (lambda: MagnitudeParameterPruner("m", [0.1]), "thresholds", "must map weight names"),
     (lambda: SplicingPruner("s", {"w": 1}, 2.0, 1.0), "hi_thresh_mult", "must be >= low_thresh_mult"),
     (lambda: GlobalAutomatedGradualPruner("g", 0.1, 0.5, ["w"], min_density=2), "min_density", r"\[0\.0, 1\.0\]"),

@@ -29,9 +29,9 @@ def check_number(key: str, value, low: float = 0.0, high: Optional[float] = None
         raise ComponentArgError(key, f"must be a number; got {value!r}")
     bad_high = high is not None and (value >= high if high_open else value > high)
     if value < low or bad_high:
-        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
         if high is None:
-            interval = f">= {low}"
+            raise ComponentArgError(key, f"must be >= {low}; got {value}")
+        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
         raise ComponentArgError(key, f"must be in {interval}; got {value}")
     return float(value)
 
