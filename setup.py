@@ -26,7 +26,7 @@ setup(
         "images": ["pillow>=9"],                  # ImageNet-style class folders
         "plot": ["matplotlib>=3.5"],              # sensitivity-analysis plots
         "onnx": ["onnx>=1.14"],                   # --export-onnx
-        "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0"],
+        "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0", "pillow>=9", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["compress-classifier=compressor.cli.compress_classifier:main"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
