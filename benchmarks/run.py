@@ -25,6 +25,8 @@ if ROOT not in sys.path:
 BENCHMARKS = [
     "benchmarks.bench_scheduler",
     "benchmarks.bench_app_epoch",
+    "benchmarks.bench_thinning",
+    "benchmarks.bench_ddp",
 ]
 
 

@@ -31,6 +31,12 @@ EXPECTED_ROWS = [
     "| (c) its epoch_seconds (train + validate, from metrics.csv) ",
     "| scheduler events timed inside (b), per epoch ",
     "Target (app issue",
+    # bench_thinning
+    "## Thinning 50% of the filters",
+    "| thinned (ours) ",
+    "| ours: contract_model (analysis + execution) = thinning",
+    # bench_ddp
+    "## AGP training under torchrun",
 ]
 
 

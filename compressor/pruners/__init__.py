@@ -6,6 +6,7 @@ from .granularity import Granularity
 from .magnitude import (AutomatedGradualPruner, GlobalAutomatedGradualPruner,
                         MagnitudeParameterPruner, SensitivityPruner, SparsityLevelParameterPruner)
 from .nm_sparsity import NMSparsityPruner, nm_mask
+from .slimming import NetworkSlimmingPruner
 from .splicing import SplicingPruner
 from .structured import (ActivationAPoZRankedFilterPruner, ActivationAPoZRankedFilterPruner_AGP,
                          ActivationMeanRankedFilterPruner, ActivationMeanRankedFilterPruner_AGP,
@@ -35,4 +36,5 @@ __all__ = ["PruneContext", "Pruner", "level_mask", "threshold_mask", "AutomatedG
            "RandomRankedFilterPruner", "RandomRankedFilterPruner_AGP",
            "BNGammaRankedFilterPruner", "BNGammaRankedFilterPruner_AGP",
            "BernoulliFilterPruner", "BernoulliFilterPruner_AGP",
-           "RandomLevelStructureParameterPruner", "NMSparsityPruner", "nm_mask"]
+           "RandomLevelStructureParameterPruner", "NMSparsityPruner", "nm_mask",
+           "NetworkSlimmingPruner"]
