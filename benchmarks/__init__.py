@@ -186,3 +186,16 @@ def environment() -> str:
     return (f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {cpu_name()}, {os.cpu_count()} logical CPUs; "
             f"{load}Python {platform.python_version()}, torch {torch.__version__}; "
             f"torch.get_num_threads() = {torch.get_num_threads()}")
+
+
+def standalone_main(run: Callable[[bool], str], doc: str, argv=None) -> None:
+    """``python -m benchmarks.bench_x [--quick] [--threads N]``: one benchmark on its own."""
+    import argparse
+    p = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"Measured {environment()}\n")
+    print(run(args.quick))

@@ -301,14 +301,8 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv=None) -> None:
-    import argparse
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(run(args.quick))
+    from benchmarks import standalone_main
+    standalone_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -10,35 +10,18 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import CheckpointError
 from .masks import unwrap
 
 FORMAT = "compressor-checkpoint"
 VERSION = 1
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename it to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def make_checkpoint(model: nn.Module, optimizer=None, scheduler=None, *, arch: Optional[str] = None,

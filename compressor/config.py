@@ -234,7 +234,7 @@ def _policy(index, raw, parent, components, err) -> PolicySpec:
     if isinstance(ref, str):  # tolerate {pruner: name}
         ref = {"instance_name": ref}
     if not isinstance(ref, Mapping) or "instance_name" not in ref:
-        raise err(f"must be {{instance_name: <name>, args: {{...}}}}", raw, kind, f"{keypath}.{kind}")
+        raise err("must be {instance_name: <name>, args: {...}}", raw, kind, f"{keypath}.{kind}")
     for key in ref:
         if key not in ("instance_name", "args"):
             raise err(f"unknown key{suggest(key, ['instance_name', 'args'])}; valid: instance_name, args",

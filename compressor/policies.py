@@ -7,7 +7,7 @@ run continues exactly.
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional
 
 import torch
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .masks import MaskStore, unwrap
-from .policies import LossComponent, PolicyLoss, ScheduledTrainingPolicy
+from .masks import MaskStore
+from .policies import PolicyLoss, ScheduledTrainingPolicy
 
 
 class _MaskerView:

@@ -27,7 +27,6 @@ import inspect
 import math
 import os
 import re
-import tempfile
 from numbers import Real
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -36,6 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import CompressorError, listing, suggest
 from .masks import normalize_name, unwrap
 from .pruners.base import PruneContext, level_mask
@@ -390,23 +390,8 @@ def sensitivities_to_png(df: pd.DataFrame, path: PathLike, metric: str = "top1")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=ncol, fontsize="small",
               frameon=False)
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+
 
 
 # -- choosing ratios --------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -26,6 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 from tabulate import tabulate
+
+from .atomic import atomic_write
 
 from .metrics import (DEFAULT_PARAM_DIMS, DEFAULT_PARAM_TYPES, selected_params, size_to_str,
                       sparsity_2D, sparsity_3D, sparsity_ch, sparsity_cols, sparsity_rows)
@@ -321,21 +322,5 @@ def to_csv(df: pd.DataFrame, path: PathLike, index: bool = False) -> Path:
     over ``path`` with ``os.replace``.  An existing file keeps its permission bits; a new one
     gets ``0o644``.  Returns ``path`` as a ``Path``.
     """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    mode = (target.stat().st_mode & 0o777) if target.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            df.to_csv(f, index=index)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
+    return atomic_write(path, lambda f: df.to_csv(f, index=index), binary=False)
+

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import checkpoint as ckpt_io
-from .. import file_config, models, summary
+from .. import file_config, models
 from ..data import load_data
 from ..distributed import ElasticDDP, init_from_env
 from ..errors import CompressorError

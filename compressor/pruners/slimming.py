@@ -20,7 +20,7 @@ from ..masks import unwrap
 from ..registry import PRUNERS
 from ..schedules import agp_sparsity
 from .base import PruneContext, Pruner, count_to_prune
-from .magnitude import check_number, check_sparsity
+from .magnitude import check_sparsity
 
 
 @PRUNERS.register
