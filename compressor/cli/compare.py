@@ -1,0 +1,68 @@
+"""compare_checkpoints: test top-1, agreement with a reference model, weights and MACs kept.
+
+    python apps/compare_checkpoints.py DATA_DIR REFERENCE.pth.tar OTHER.pth.tar [...]
+
+Each checkpoint is rebuilt from its own architecture name (thinning recipes replayed) and evaluated
+on the test set of its dataset; agreement is the share of test images on which a model predicts the
+same class as the reference. Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+import torch
+
+from .. import checkpoint as ckpt_io
+from .. import models, summary
+from ..data import load_data
+from ..errors import CompressorError
+from ..training import predictions
+from .common import weight_stats
+
+
+def describe(path: str, data_dir: Optional[str], batch_size: int):
+    ckpt = ckpt_io.read_checkpoint(path)
+    arch, dataset = ckpt.get("arch"), ckpt.get("dataset") or None
+    if not arch:
+        raise CompressorError(f"{path}: the checkpoint names no architecture")
+    model_dataset = "mnist" if dataset == "digits" else (dataset or models.dataset_of(arch))
+    model = models.create_model(arch, model_dataset)
+    ckpt_io.restore(ckpt, model, path=path)
+    _, _, test = load_data(dataset or model_dataset, data_dir, batch_size, validation_split=0.0)
+    preds = predictions(model, test)
+    targets = torch.cat([y for _, y in test])
+    _, sparsity, nnz = weight_stats(model)
+    shape = models.input_shape(model_dataset)
+    df = summary.model_performance_summary(model, torch.zeros(1, *shape))
+    totals = summary.compute_totals(df)
+    return {"path": path, "arch": arch, "preds": preds, "top1": 100.0 * float((preds == targets).float().mean()),
+            "nnz": nnz, "macs": int(totals["MACs"]), "nnz_macs": int(totals["NNZ MACs"])}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="compare_checkpoints", description=__doc__.splitlines()[0])
+    p.add_argument("data", metavar="DATA_DIR", help="the dataset folder (not needed for digits)")
+    p.add_argument("reference", help="the reference (dense) checkpoint")
+    p.add_argument("others", nargs="+", help="checkpoints to compare with it")
+    p.add_argument("-b", "--batch-size", type=int, default=1000)
+    args = p.parse_args(argv)
+    try:
+        rows = [describe(path, args.data, args.batch_size) for path in [args.reference] + args.others]
+    except CompressorError as e:
+        sys.stderr.write(f"compare_checkpoints: error: {e}\n")
+        return 2
+    ref = rows[0]
+    print("| checkpoint | arch | test top-1 | Δ top-1 | agreement | non-zero weights | kept | MACs | NNZ MACs kept |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        agree = 100.0 * float((r["preds"] == ref["preds"]).float().mean())
+        print(f"| {r['path']} | {r['arch']} | {r['top1']:.2f} | {r['top1'] - ref['top1']:+.2f} | "
+              f"{agree:.2f}% | {r['nnz']:,} | {100.0 * r['nnz'] / ref['nnz']:.1f}% "
+              f"({ref['nnz'] / max(r['nnz'], 1):.1f}×) | {r['macs']:,} | {100.0 * r['nnz_macs'] / ref['nnz_macs']:.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
