@@ -17,9 +17,12 @@ def test_compare_reports_agreement_and_weights_kept(tmp_path, capsys):
     dense = os.path.join(tmp_path / "dense", os.listdir(tmp_path / "dense")[0], "checkpoint.pth.tar")
     agp = os.path.join(tmp_path / "agp", os.listdir(tmp_path / "agp")[0], "checkpoint.pth.tar")
     capsys.readouterr()
-    assert compare(["unused", dense, dense, agp]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| /")]
+    assert compare(["unused", dense, dense, agp, "--latency", "2", "--rounds", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| /") and "%" in line]
     assert len(rows) == 3
+    timed = [line for line in out.splitlines() if line.startswith("| /") and "%" not in line]
+    assert len(timed) == 3 and all(re.search(r"\| 2 \| [\d.]+ \| [\d.]+× \| 1\.00× \|", t) for t in timed)
     assert "| +0.00 | 100.00% | 430,500 | 100.0% (1.0×)" in rows[1]          # itself
     assert re.search(r"\| 55,500 \| 12\.9% \(7\.8×\)", rows[2])               # 87.1% pruned
 

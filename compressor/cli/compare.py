@@ -9,7 +9,9 @@ same class as the reference. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from typing import List, Optional
 
 import torch
@@ -38,7 +40,25 @@ def describe(path: str, data_dir: Optional[str], batch_size: int):
     df = summary.model_performance_summary(model, torch.zeros(1, *shape))
     totals = summary.compute_totals(df)
     return {"path": path, "arch": arch, "preds": preds, "top1": 100.0 * float((preds == targets).float().mean()),
-            "nnz": nnz, "macs": int(totals["MACs"]), "nnz_macs": int(totals["NNZ MACs"])}
+            "nnz": nnz, "macs": int(totals["MACs"]), "nnz_macs": int(totals["NNZ MACs"]),
+            "model": model.eval(), "shape": shape}
+
+
+@torch.no_grad()
+def latencies(rows, batch: int, rounds: int) -> List[float]:
+    """Median forward time (ms) of each model at ``batch``, the models interleaved every round."""
+    times: List[List[float]] = [[] for _ in rows]
+    inputs = [torch.randn(batch, *r["shape"]) for r in rows]
+    for _ in range(3):                                   # warm-up
+        for r, x in zip(rows, inputs):
+            r["model"](x)
+    for k in range(rounds):
+        order = list(range(len(rows)))[::1 if k % 2 == 0 else -1]
+        for i in order:
+            start = time.perf_counter()
+            rows[i]["model"](inputs[i])
+            times[i].append(1000.0 * (time.perf_counter() - start))
+    return [statistics.median(t) for t in times]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -47,6 +67,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("reference", help="the reference (dense) checkpoint")
     p.add_argument("others", nargs="+", help="checkpoints to compare with it")
     p.add_argument("-b", "--batch-size", type=int, default=1000)
+    p.add_argument("--latency", type=int, nargs="*", metavar="BATCH", default=None,
+                   help="also time inference (median of interleaved runs) at these batch sizes "
+                        "(default 1 64) and give each model's speed-up over the reference")
+    p.add_argument("--rounds", type=int, default=200, help="timed runs per model and batch size")
     args = p.parse_args(argv)
     try:
         rows = [describe(path, args.data, args.batch_size) for path in [args.reference] + args.others]
@@ -61,6 +85,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"| {r['path']} | {r['arch']} | {r['top1']:.2f} | {r['top1'] - ref['top1']:+.2f} | "
               f"{agree:.2f}% | {r['nnz']:,} | {100.0 * r['nnz'] / ref['nnz']:.1f}% "
               f"({ref['nnz'] / max(r['nnz'], 1):.1f}×) | {r['macs']:,} | {100.0 * r['nnz_macs'] / ref['nnz_macs']:.1f}% |")
+    if args.latency is not None:
+        batches = args.latency or [1, 64]
+        print(f"\nCPU inference, torch.get_num_threads() = {torch.get_num_threads()}, median of "
+              f"{args.rounds} interleaved runs:\n")
+        print("| checkpoint | batch | ms | speed-up | MAC ratio |")
+        print("|---|---:|---:|---:|---:|")
+        for b in batches:
+            ms = latencies(rows, b, args.rounds)
+            for r, t in zip(rows, ms):
+                print(f"| {r['path']} | {b} | {t:.3f} | {ms[0] / t:.2f}× | {ref['macs'] / r['macs']:.2f}× |")
     return 0
 
 
