@@ -33,3 +33,19 @@ def kaiming_init(model: nn.Module, linear_std: float | None = None) -> None:
         elif isinstance(m, nn.Linear) and linear_std is not None:
             nn.init.normal_(m.weight, 0.0, linear_std)
             nn.init.zeros_(m.bias)
+
+
+def cifar_stages(make_block, blocks_per_stage) -> list:
+    """The three stages of a CIFAR ResNet-style network (16, 32, 64 channels; strides 1, 2, 2).
+
+    ``make_block(in_channels, out_channels, stride)`` builds one block; the first block of a stage
+    takes its stride. Returns three ``nn.Sequential`` to assign to ``layer1``..``layer3``.
+    """
+    in_channels, stages = 16, []
+    for channels, n, stride in zip((16, 32, 64), blocks_per_stage, (1, 2, 2)):
+        blocks = []
+        for i in range(n):
+            blocks.append(make_block(in_channels, channels, stride if i == 0 else 1))
+            in_channels = channels
+        stages.append(nn.Sequential(*blocks))
+    return stages

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import conv3x3, kaiming_init
+from .layers import cifar_stages, conv3x3, kaiming_init
 from .registry import architecture
 
 
@@ -38,15 +38,7 @@ class PlainCifar(nn.Module):
         self.conv1 = conv3x3(3, 16)
         self.bn1 = _bn(16, batch_norm)
         self.relu = nn.ReLU()
-        in_channels = 16
-        stages = []
-        for channels, n, stride in zip((16, 32, 64), blocks_per_stage, (1, 2, 2)):
-            blocks = []
-            for i in range(n):
-                blocks.append(PlainBlock(in_channels, channels, stride if i == 0 else 1,
-                                         batch_norm))
-                in_channels = channels
-            stages.append(nn.Sequential(*blocks))
+        stages = cifar_stages(lambda i, o, st: PlainBlock(i, o, st, batch_norm), blocks_per_stage)
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)

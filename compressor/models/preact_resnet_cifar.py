@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .layers import conv1x1, conv3x3, kaiming_init
+from .layers import cifar_stages, conv1x1, conv3x3, kaiming_init
 from .registry import architecture
 
 
@@ -59,15 +59,7 @@ class PreactResNetCifar(nn.Module):
                  conv_downsample: bool = False):
         super().__init__()
         self.conv1 = conv3x3(3, 16)
-        in_channels = 16
-        stages = []
-        for channels, n, stride in zip((16, 32, 64), blocks_per_stage, (1, 2, 2)):
-            blocks = []
-            for i in range(n):
-                blocks.append(PreactBasicBlock(in_channels, channels, stride if i == 0 else 1,
-                                               conv_downsample))
-                in_channels = channels
-            stages.append(nn.Sequential(*blocks))
+        stages = cifar_stages(lambda i, o, st: PreactBasicBlock(i, o, st, conv_downsample), blocks_per_stage)
         self.layer1, self.layer2, self.layer3 = stages
         self.final_bn = nn.BatchNorm2d(64)
         self.final_relu = nn.ReLU()

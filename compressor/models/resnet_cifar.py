@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .layers import conv1x1, conv3x3, kaiming_init
+from .layers import cifar_stages, conv1x1, conv3x3, kaiming_init
 from .registry import architecture
 
 
@@ -48,14 +48,7 @@ class ResNetCifar(nn.Module):
         self.conv1 = conv3x3(3, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU()
-        in_channels = 16
-        stages = []
-        for channels, n, stride in zip((16, 32, 64), blocks_per_stage, (1, 2, 2)):
-            blocks = []
-            for i in range(n):
-                blocks.append(BasicBlock(in_channels, channels, stride if i == 0 else 1))
-                in_channels = channels
-            stages.append(nn.Sequential(*blocks))
+        stages = cifar_stages(BasicBlock, blocks_per_stage)
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
