@@ -13,31 +13,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .layers import cifar_stages, conv1x1, conv3x3, kaiming_init
+from .layers import cifar_stages, conv3x3, kaiming_init
+from .resnet_imagenet import BasicBlock   # the same block; CIFAR nets use it at 16/32/64 channels
 from .registry import architecture
-
-
-class BasicBlock(nn.Module):
-    """conv-bn-relu-conv-bn, plus the shortcut, then relu."""
-
-    def __init__(self, in_channels: int, channels: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu1 = nn.ReLU()
-        self.conv2 = conv3x3(channels, channels)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.relu2 = nn.ReLU()
-        self.downsample = None
-        if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(conv1x1(in_channels, channels, stride),
-                                            nn.BatchNorm2d(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + identity)
 
 
 class ResNetCifar(nn.Module):
