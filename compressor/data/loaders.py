@@ -36,7 +36,30 @@ Batch = Tuple[torch.Tensor, torch.Tensor]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-class InMemoryLoader:
+class _SampledLoader:
+    """What both loaders share: a per-epoch ``EpochSampler``, its sizes and the class names."""
+
+    sampler: EpochSampler
+    batch_size: int
+    drop_last: bool
+    classes: tuple
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def dataset_size(self) -> int:
+        """Samples one pass yields on this rank (after effective size, sharding and drop_last)."""
+        n = len(self.sampler)
+        return n - n % self.batch_size if self.drop_last else n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass the one of ``epoch``: its shuffle, subset and augmentation."""
+        self.sampler.set_epoch(epoch)
+
+
+class InMemoryLoader(_SampledLoader):
     """Batches of (float32 NCHW inputs, int64 targets) from uint8 images held in memory.
 
     ``augment(batch_uint8, generator)`` is applied to each raw batch before normalization; its
@@ -68,20 +91,6 @@ class InMemoryLoader:
         self.sampler = EpochSampler(len(images) if indices is None else indices, shuffle=shuffle,
                                     effective_size=effective_size, seed=seed,
                                     num_replicas=num_replicas, rank=rank, name=name)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def dataset_size(self) -> int:
-        """Samples one pass yields on this rank (after effective size, sharding and drop_last)."""
-        n = len(self.sampler)
-        return n - n % self.batch_size if self.drop_last else n
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass the one of ``epoch``: its shuffle, subset and augmentation."""
-        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -120,7 +129,7 @@ class _SeededSampler(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
-class FolderLoader:
+class FolderLoader(_SampledLoader):
     """``InMemoryLoader``'s interface over a map-style dataset decoded by DataLoader workers."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, *,
@@ -137,19 +146,6 @@ class FolderLoader:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=_SeededSampler(self.sampler),
             num_workers=workers, drop_last=drop_last, pin_memory=torch.cuda.is_available())
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def dataset_size(self) -> int:
-        """Samples one pass yields on this rank (after effective size, sharding and drop_last)."""
-        n = len(self.sampler)
-        return n - n % self.batch_size if self.drop_last else n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.loader)
