@@ -94,6 +94,7 @@ def test_builds_runs_and_traces(arch):
 @pytest.mark.parametrize("arch, count", [
     ("lenet5", 431_080),            # 520 + 25,050 + 400,500 + 5,010 (Han et al.'s Caffe LeNet-5)
     ("simplenet_mnist", 431_080),   # the same network
+    ("lenet5_bn", 431_220),         # lenet5 + 2 x (20 + 50) batch-norm gamma and beta
     ("lenet_300_100", 266_610),     # 235,500 + 30,100 + 1,010
     ("simplenet_v2_mnist", 26_080),  # 520 + 25,050 + 510
     ("simplenet_cifar", 62_006),    # 456 + 2,416 + 48,120 + 10,164 + 850

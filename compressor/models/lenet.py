@@ -35,6 +35,23 @@ class LeNet5(nn.Module):
         return self.fc2(x)
 
 
+class LeNet5BN(LeNet5):
+    """LeNet-5 with a batch norm after each convolution (``bn1``, ``bn2``): the MNIST network for
+    methods that need batch norms (network slimming ranks channels by their |gamma|)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__(num_classes, in_channels)
+        self.bn1 = nn.BatchNorm2d(20)
+        self.bn2 = nn.BatchNorm2d(50)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.relu2(self.bn2(self.conv2(x))))
+        x = torch.flatten(x, 1)
+        x = self.relu3(self.fc1(x))
+        return self.fc2(x)
+
+
 class LeNet300100(nn.Module):
     """Fully connected 784-300-100-classes with ReLU: fc1, fc2, fc3."""
 
@@ -57,6 +74,12 @@ class LeNet300100(nn.Module):
 def lenet5(num_classes: int = 10) -> LeNet5:
     """Caffe's LeNet-5 as pruned by Han et al.; 431,080 parameters."""
     return LeNet5(num_classes)
+
+
+@architecture("lenet5_bn", "mnist")
+def lenet5_bn(num_classes: int = 10) -> LeNet5BN:
+    """LeNet-5 with batch norms after conv1 and conv2; 431,220 parameters."""
+    return LeNet5BN(num_classes)
 
 
 @architecture("lenet_300_100", "mnist")
