@@ -4,6 +4,10 @@ Which convolution feeds which batch norm (``conv_bn_pairs``, used by ``fold_batc
 structured pruners to mask the batch norm of a pruned filter), and which activation module first
 sees each convolution's output channels (``following_activations``, used by activation-ranked
 pruners to place their hooks). The thinning module builds its own, fuller view of the graph.
+
+A module whose class sets ``selects_channels = True`` (thinning's channel-selecting batch norm,
+``compressor.thinning.selection``) is traced as a leaf, and its output channels are not taken for
+its input's: it is no conv's batch norm, and activations are not followed through it.
 """
 from __future__ import annotations
 
@@ -19,11 +23,30 @@ from .errors import CompressorError
 from .masks import unwrap
 
 
+def selects_channels(module: nn.Module) -> bool:
+    """Whether ``module`` reads only some of its input channels (see the module docstring)."""
+    return getattr(type(module), "selects_channels", False) is True
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's default tracer, keeping channel-selecting modules as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return selects_channels(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+def symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace(model)``, with channel-selecting modules kept as leaves."""
+    tracer = _Tracer()
+    graph = tracer.trace(model)
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
 def trace(model: nn.Module) -> torch.fx.GraphModule:
     """Symbolically trace ``model`` (unwrapped), with a clear error when it cannot be traced."""
     model = unwrap(model)
     try:
-        return torch.fx.symbolic_trace(model)
+        return symbolic_trace(model)
     except Exception as e:  # fx raises many types for untraceable code
         raise CompressorError(f"cannot trace {type(model).__name__} with torch.fx: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
@@ -42,9 +65,10 @@ def conv_bn_pairs(model: nn.Module) -> Dict[str, nn.Module]:
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.conv._ConvNd):
             continue
         consumers = users.get(node, [])
-        if len(consumers) == 1 and consumers[0].op == "call_module" and isinstance(
-                modules.get(consumers[0].target), nn.modules.batchnorm._BatchNorm):
-            pairs[f"{node.target}.weight"] = modules[consumers[0].target]
+        bn = modules.get(consumers[0].target) if len(consumers) == 1 and \
+            consumers[0].op == "call_module" else None
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and not selects_channels(bn):
+            pairs[f"{node.target}.weight"] = bn
     return pairs
 
 
@@ -80,7 +104,8 @@ def following_activations(model: nn.Module,
 
     def passes(node) -> bool:
         if node.op == "call_module":
-            return isinstance(modules.get(node.target), _CHANNEL_PRESERVING_MODULES)
+            mod = modules.get(node.target)
+            return isinstance(mod, _CHANNEL_PRESERVING_MODULES) and not selects_channels(mod)
         if node.op == "call_function":
             return node.target in _ADD_FUNCTIONS
         return node.op == "call_method" and node.target in _ADD_METHODS

@@ -3,9 +3,10 @@
 Parameters keep their identity: ``param.data`` (and ``param.grad``) are replaced by the selected
 slices, so an optimizer built before thinning keeps working. Every per-parameter optimizer state
 tensor with the parameter's shape (SGD's momentum buffer, Adam's moments, Adagrad's sums ...) is
-sliced the same way; scalar state (``step``) is left alone. Everything is checked before anything
-is changed: a recipe that does not fit raises ``ThinningError`` and leaves the model, the masks
-and the optimizer as they were.
+sliced the same way; scalar state (``step``) is left alone. A recipe's ``selections`` then make
+batch norms read only some input channels (``selection.set_selection``: the same module object,
+a new ``index`` buffer). Everything is checked before anything is changed: a recipe that does not
+fit raises ``ThinningError`` and leaves the model, the masks and the optimizer as they were.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from torch import nn
 
 from ..errors import ThinningError
 from ..masks import unwrap
+from .selection import can_select, set_selection
+
+KNOWN_VERSIONS = (1, 2)
 
 
 def _resolve(model: nn.Module, name: str) -> Tuple[nn.Module, str, str]:
@@ -76,9 +80,13 @@ def apply_ops(t: torch.Tensor, ops: Sequence[Mapping]) -> torch.Tensor:
 def _check_recipe(model: nn.Module, recipe: Mapping, shapes: Dict[str, List[int]], where: str) -> None:
     """Validate one recipe against the (simulated) current shapes; updates ``shapes``."""
     if not isinstance(recipe, Mapping) or not isinstance(recipe.get("tensors"), Mapping) or \
-            not isinstance(recipe.get("modules"), Mapping):
+            not isinstance(recipe.get("modules"), Mapping) or \
+            not isinstance(recipe.get("selections", {}), Mapping):
         raise ThinningError(f"{where}: not a thinning recipe (expected a dict with 'tensors' and "
                             f"'modules'); got {type(recipe).__name__}")
+    if recipe.get("version", 1) not in KNOWN_VERSIONS:
+        raise ThinningError(f"{where}: recipe version {recipe.get('version')!r} is not one this "
+                            f"library knows ({', '.join(map(str, KNOWN_VERSIONS))})")
     for name, entry in recipe["tensors"].items():
         mod, attr, _ = _resolve(model, name)
         current = shapes.get(name)
@@ -98,6 +106,32 @@ def _check_recipe(model: nn.Module, recipe: Mapping, shapes: Dict[str, List[int]
             if not hasattr(mod, attr) or not isinstance(value, int):
                 raise ThinningError(f"{where}: module '{mname}' ({type(mod).__name__}) has no "
                                     f"attribute '{attr}' to set to {value!r}")
+    for mname, spec in recipe.get("selections", {}).items():
+        _check_selection(model, mname, spec, shapes, where)
+
+
+def _check_selection(model: nn.Module, mname: str, spec, shapes: Dict[str, List[int]],
+                     where: str) -> None:
+    """A selection entry names a batch norm and reads one valid input channel per its channel."""
+    try:
+        mod = model.get_submodule(mname)
+    except AttributeError:
+        raise ThinningError(f"{where}: the model has no module '{mname}'") from None
+    if not can_select(mod):
+        raise ThinningError(f"{where}: module '{mname}' ({type(mod).__name__}) cannot select "
+                            f"channels (a BatchNorm1d/2d/3d can)")
+    spec = spec if isinstance(spec, Mapping) else {}
+    n, idx = spec.get("in_channels"), spec.get("index")
+    if type(n) is not int or n < 1 or not isinstance(idx, list) or \
+            not all(type(j) is int and 0 <= j < n for j in idx):
+        raise ThinningError(f"{where}: bad channel selection for '{mname}' (expected in_channels "
+                            f"> 0 and an index list within it)")
+    features = next((shapes[f"{mname}.{t}"][0] if f"{mname}.{t}" in shapes
+                     else getattr(mod, t).shape[0] for t in ("running_mean", "weight")
+                     if getattr(mod, t, None) is not None), len(idx))
+    if len(idx) != features:
+        raise ThinningError(f"{where}: the selection of '{mname}' reads {len(idx)} channels, its "
+                            f"batch norm will have {features}")
 
 
 def _check_state(model: nn.Module, recipes: Sequence[Mapping], optimizer, store) -> None:
@@ -159,6 +193,8 @@ def _apply_one(model: nn.Module, recipe: Mapping, optimizer, store) -> None:
         mod = model.get_submodule(mname) if mname else model
         for attr, value in attrs.items():
             setattr(mod, attr, int(value))
+    for mname, spec in recipe.get("selections", {}).items():
+        set_selection(model.get_submodule(mname), spec["in_channels"], spec["index"])
 
 
 def _set_data(param: torch.Tensor, new: torch.Tensor) -> None:
@@ -187,10 +223,14 @@ def copy_recipe(recipe: Mapping) -> dict:
         idx = o["index"]
         idx = [list(i) for i in idx] if "groups" in o else list(idx)
         return {**{k: v for k, v in o.items() if k != "index"}, "index": idx}
-    return {**{k: v for k, v in recipe.items() if k not in ("tensors", "modules")},
-            "modules": {m: dict(a) for m, a in recipe["modules"].items()},
-            "tensors": {n: {"shape": list(e["shape"]), "ops": [op(o) for o in e["ops"]]}
-                        for n, e in recipe["tensors"].items()}}
+    out = {**{k: v for k, v in recipe.items() if k not in ("tensors", "modules", "selections")},
+           "modules": {m: dict(a) for m, a in recipe["modules"].items()},
+           "tensors": {n: {"shape": list(e["shape"]), "ops": [op(o) for o in e["ops"]]}
+                       for n, e in recipe["tensors"].items()}}
+    if "selections" in recipe:
+        out["selections"] = {m: {**s, "index": list(s["index"])}
+                             for m, s in recipe["selections"].items()}
+    return out
 
 
 def apply_recipe(model: nn.Module, recipe: Mapping, *, optimizer=None, store=None) -> None:

@@ -20,6 +20,12 @@ Whatever the analysis cannot follow exactly *blocks* the classes it touches, wit
   value (``sigmoid``, ``x + 1``), so removing it by its zero *filters* would change the function.
   Removal because every consumer ignores the channel (``remove_channels``) is still exact.
 
+A batch norm's output channels get elements of their own, *linked* to the input channels it reads
+(all of them, or its ``index`` once it selects channels, see ``selection``). The links are joined
+at the end, so by default a batch norm passes its classes through like any per-channel layer;
+``ChannelGraph.cut`` gives the same graph with some links left open, where thinning lets a batch
+norm drop channels its input keeps (the residual stream of a pre-activation ResNet).
+
 The analysis is linear in the size of the graph plus the total number of channels.
 """
 from __future__ import annotations
@@ -36,7 +42,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ThinningError
+from ..graph import symbolic_trace
 from ..masks import unwrap
+from .selection import can_select, is_selecting
 
 ExampleInput = Union[torch.Tensor, Sequence[int], str, None]
 
@@ -71,12 +79,26 @@ class Consumer:
 
 @dataclass
 class Follower:
-    """A per-channel layer (batch norm, per-channel PReLU ...): its tensors are sliced on dim 0."""
+    """A per-channel layer (batch norm, per-channel PReLU ...): its tensors are sliced on dim 0.
+
+    A batch norm that may select channels (``selection.can_select``) has output elements of its own
+    (``ids``) and the elements of its input (``in_ids``); output channel j reads input channel
+    ``index[j]`` (``index`` None: channel j). Other followers pass their input's elements through.
+    """
     module: str
     tensors: List[str]
     attrs: List[str]
     ids: List[int]
     shift: Optional[Tuple[str, ...]] = None   # (bias, weight, running_mean, running_var) names of a BN
+    in_ids: Optional[List[int]] = None
+    index: Optional[List[int]] = None
+
+    def links(self) -> List[Tuple[int, int]]:
+        """(output element, input element it reads) for each output channel."""
+        if self.in_ids is None:
+            return []
+        index = self.index if self.index is not None else range(len(self.ids))
+        return [(o, self.in_ids[k]) for o, k in zip(self.ids, index)]
 
 
 class _UF:
@@ -139,6 +161,30 @@ class ChannelGraph:
     hard: Dict[int, str] = field(default_factory=dict)    # root -> reason
     soft: Dict[int, str] = field(default_factory=dict)
     dirty: Dict[int, str] = field(default_factory=dict)
+    base: List[int] = field(default_factory=list)         # union-find parents before the links
+    blocks: Tuple[Dict[int, str], ...] = field(default_factory=lambda: ({}, {}, {}))  # per element
+
+    def link_and_block(self, open_links: Iterable[str] = ()) -> None:
+        """Join every follower link except those of ``open_links`` (modules), then map the
+        per-element blocks to the resulting classes."""
+        open_links = set(open_links)
+        for f in self.followers:
+            if f.module not in open_links:
+                for o, i in f.links():
+                    self.uf.union(o, i)
+        find = self.uf.find
+        for src, dst in zip(self.blocks, (self.hard, self.soft, self.dirty)):
+            for el, reason in src.items():
+                dst.setdefault(find(el), reason)
+
+    def cut(self, modules: Iterable[str]) -> "ChannelGraph":
+        """The same layers with the links of the batch norms ``modules`` left open: their output
+        channels form classes apart from their input's, so they can drop channels it keeps."""
+        g = ChannelGraph(self.model_name, self.input_shape, self.producers, self.consumers,
+                         self.followers, base=self.base, blocks=self.blocks)
+        g.uf.parent = list(self.base)
+        g.link_and_block(modules)
+        return g
 
     def root(self, x: int) -> int:
         return self.uf.find(x)
@@ -238,10 +284,11 @@ def _fname(target) -> str:
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """``torch.fx.symbolic_trace`` of the unwrapped model, or a ThinningError saying why not."""
+    """``torch.fx.symbolic_trace`` of the unwrapped model (channel-selecting batch norms kept as
+    leaves), or a ThinningError saying why not."""
     model = unwrap(model)
     try:
-        return torch.fx.symbolic_trace(model)
+        return symbolic_trace(model)
     except Exception as e:   # fx raises many exception types on untraceable code
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ThinningError(
@@ -414,6 +461,9 @@ class _ShapeProp(ShapeProp):
             return super().call_module(target, args, kwargs)
         mod = self.fetch_attr(target)
         if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            if is_selecting(mod):
+                shape = args[0].shape[:1] + (len(mod.index),) + args[0].shape[2:]
+                return torch.empty(shape, dtype=args[0].dtype, device="meta")
             if isinstance(mod, _SAME_SHAPE):
                 return torch.empty_like(args[0])
             shape = _module_shape(mod, tuple(args[0].shape))
@@ -594,10 +644,9 @@ class _Analyzer:
                 if reason:
                     for i in set(rec.ids):
                         self._hard.setdefault(i, f"module '{rec.module}': {reason}")
-        find = g.uf.find
-        for src, dst in ((self._hard, g.hard), (self._soft, g.soft), (self._dirty, g.dirty)):
-            for el, reason in src.items():
-                dst.setdefault(find(el), reason)
+        g.base = list(g.uf.parent)
+        g.blocks = (self._hard, self._soft, self._dirty)
+        g.link_and_block()
 
     # -- modules ----------------------------------------------------------------------------
     def module(self, node: torch.fx.Node, mod: nn.Module) -> Optional[_Info]:
@@ -631,6 +680,8 @@ class _Analyzer:
             return self.conv(node, mod, info, in_shape, out_shape)
         if isinstance(mod, nn.Linear):
             return self.linear(node, mod, info, in_shape)
+        if can_select(mod):
+            return self.batchnorm(node, mod, info)
         if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
             return self.follower(node, mod, info, "num_features", bn=isinstance(
                 mod, nn.modules.batchnorm._BatchNorm))
@@ -784,6 +835,33 @@ class _Analyzer:
                           for t in ("bias", "weight", "running_mean", "running_var"))
         self.g.followers.append(Follower(name, tensors, [attr, *extra_attrs], info.ids, shift))
         return info
+
+    def batchnorm(self, node, mod, info) -> Optional[_Info]:
+        """A batch norm that may select channels: output elements of its own, linked to the input
+        channels it reads (all, or ``mod.index`` once it selects; see ``ChannelGraph``)."""
+        name = str(node.target)
+        if info is None:
+            return None
+        if info.cdim != 1:
+            return self.mixing(node, info, f"{type(mod).__name__} '{name}' normalizes dim 1, "
+                                           f"not the channel dim {info.cdim}")
+        n_in = len(info.ids)
+        index = mod.index.tolist() if is_selecting(mod) else None
+        reads = index if index is not None else range(n_in)
+        tensors = list(mod._parameters.items()) + list(mod._buffers.items())
+        per_channel = [(t, v) for t, v in tensors if v is not None and v.dim() >= 1
+                       and not (t == "index" and index is not None)]
+        if len(reads) != mod.num_features or any(not 0 <= k < n_in for k in reads) or any(
+                v.dim() != 1 or v.shape[0] != mod.num_features for _, v in per_channel):
+            return self.mixing(node, info, f"{type(mod).__name__} '{name}' has tensors that are "
+                                           f"not one value per channel of its {n_in}")
+        ids = self.g.uf.new(mod.num_features)
+        shift = tuple(f"{name}.{t}" if getattr(mod, t, None) is not None else ""
+                      for t in ("bias", "weight", "running_mean", "running_var"))
+        self.g.followers.append(Follower(name, [f"{name}.{t}" for t, _ in per_channel],
+                                         ["num_features"], ids, shift, list(info.ids), index))
+        dirty = None if info.dirty is None else [info.dirty[k] for k in reads]
+        return _Info(ids, 1, dirty)
 
     def layernorm(self, node, mod, info, in_shape) -> Optional[_Info]:
         if info is None or in_shape is None:

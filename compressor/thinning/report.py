@@ -18,7 +18,9 @@ class ThinningReport:
     """``groups``: coupled weight names (see ``coupled_filter_groups``); ``thinnable``: layers whose
     output channels can be removed; ``blocked``: {layer: why none can}; ``partial``: {layer: why
     some cannot}; ``removable``: {layer: (channels ``kind`` would remove now, channels)};
-    ``error``: what thinning now would raise, if anything; ``notes``: its warnings."""
+    ``selected``: {batch norm: (channels it would read, channels of its input)} where thinning
+    would make a batch norm select channels; ``error``: what thinning now would raise, if
+    anything; ``notes``: its warnings."""
     model: str
     input_shape: Tuple[int, ...]
     kind: str
@@ -29,6 +31,7 @@ class ThinningReport:
     removable: Dict[str, Tuple[int, int]] = field(default_factory=dict)
     error: Optional[str] = None
     notes: List[str] = field(default_factory=list)
+    selected: Dict[str, Tuple[int, int]] = field(default_factory=dict)
 
     def text(self) -> str:
         lines = [f"Thinning analysis of {self.model} (example input {list(self.input_shape)})"]
@@ -46,6 +49,8 @@ class ThinningReport:
         lines.append(f"{self.kind} now: {total} channels in {len(self.removable)} layers")
         for name, (r, n) in self.removable.items():
             lines.append(f"  - {name}: {r} of {n}")
+        for name, (k, n) in self.selected.items():
+            lines.append(f"  - {name}: reads {k} of its {n} input channels (channel selection)")
         for note in self.notes:
             lines.append(f"  note: {note}")
         if self.error:
@@ -75,6 +80,7 @@ def analyze(model: nn.Module, example_input: ExampleInput = None,
             result = build_recipe(make_plan(graph, target, kind), target)
         report.notes = [str(w.message) for w in caught]
         report.removable = dict(result.removed)
+        report.selected = dict(result.selected)
     except ThinningError as e:
         report.error = str(e)
     return report
