@@ -199,13 +199,33 @@ class RegularizationPolicy(ScheduledTrainingPolicy):
                 else:
                     params[name].mul_(mask.to(params[name].dtype))   # one-shot zeroing
         if self.keep_mask and last:
-            store.apply(list(masks))
+            companions = filter_companion_masks(model, masks)
+            for name, mask in companions.items():
+                store.set(name, mask)
+            store.apply(list(masks) + list(companions))
 
     def state_dict(self):
         return {"regularizer": self.regularizer.state_dict()}
 
     def load_state_dict(self, state):
         self.regularizer.load_state_dict(state.get("regularizer", {}))
+
+
+def filter_companion_masks(model, masks: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Masks for the bias and batch norm of every filter (output unit) that ``masks`` zero entirely.
+
+    A filter with zero weights still outputs its bias (or its batch norm's beta); masking those too
+    makes the zeroed filter output exactly zero, so thinning it away leaves the function unchanged.
+    """
+    from .pruners.coupling import dependents
+    layers = {n: m for n, m in masks.items() if m.dim() >= 2}
+    out: Dict[str, torch.Tensor] = {}
+    for name, deps in dependents(model, list(layers)).items():
+        keep = layers[name].flatten(1).any(dim=1)
+        if not keep.all():
+            for dep in deps:
+                out[dep] = keep.clone()
+    return out
 
 
 class LRPolicy(ScheduledTrainingPolicy):
@@ -241,3 +261,4 @@ class LRPolicy(ScheduledTrainingPolicy):
             if opt is not None and last is not None:   # the lr the schedule had reached
                 for group, lr in zip(opt.param_groups, last):
                     group["lr"] = lr
+

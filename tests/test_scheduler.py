@@ -247,3 +247,31 @@ def test_load_state_dict_rejects_masks_that_do_not_fit(tiny):
         sched.load_state_dict({"masks_dict": {"masks": {"fc.weight": torch.ones(3, dtype=torch.bool)}}})
     with pytest.raises(compressor.CheckpointError, match=r"mask for 'fc9\.weight' has no parameter"):
         sched.load_state_dict({"masks_dict": {"masks": {"fc9.weight": torch.ones(3, dtype=torch.bool)}}})
+
+
+def test_group_lasso_keep_mask_also_masks_zeroed_filters_bias_and_batch_norm_so_thinning_is_exact():
+    from compressor.models import create_model
+    from compressor.thinning import contract_model
+    torch.manual_seed(0)
+    model = create_model("lenet5_bn")
+    with torch.no_grad():
+        model.conv1.weight[::2] *= 1e-3       # half of conv1's filters fall under the threshold
+    sched = compressor.dict_config(model, None, {
+        "regularizers": {"ssl": {"class": "GroupLassoRegularizer", "threshold_criteria": "Max",
+                                 "reg_regims": {"conv1.weight": [0.01, "Filters"]}}},
+        "policies": [{"regularizer": {"instance_name": "ssl", "args": {"keep_mask": True}}, "epochs": [0]}]})
+    sched.on_epoch_begin(0)
+    sched.on_minibatch_end(0, 0, 1)          # the last minibatch of the policy: masks are kept
+    zeroed = model.conv1.weight.detach().flatten(1).abs().sum(dim=1) == 0
+    assert int(zeroed.sum()) == 10
+    for name in ("conv1.bias", "bn1.weight", "bn1.bias"):
+        assert torch.equal(sched.masks[name], ~zeroed), name
+        assert torch.all(dict(model.named_parameters())[name][zeroed] == 0)
+    model.eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        masked = model(x)
+    result = contract_model(model, (1, 28, 28), store=sched)
+    assert model.conv1.out_channels == 10 and result.nonzero_bias_removed == 0
+    with torch.no_grad():
+        assert torch.allclose(model(x), masked, atol=1e-5)
