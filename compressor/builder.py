@@ -18,7 +18,8 @@ from torch import nn
 from . import config as cfg
 from .errors import ComponentArgError, ScheduleError, listing, suggest
 from .masks import normalize_name, unwrap
-from .policies import LRPolicy, PruningPolicy, RegularizationPolicy
+from .policies import GatePolicy, LRPolicy, PruningPolicy, RegularizationPolicy
+from .pruners.autopruner import AutoPruner
 from .registry import SECTIONS
 from .scheduler import CompressionScheduler
 
@@ -213,7 +214,11 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
             args = dict(spec.args)
             if "levels" in args:
                 args["levels"] = _policy_levels(spec, params, path)
-            policy = PruningPolicy(built[(section, spec.instance_name)], args)
+            pruner = built[(section, spec.instance_name)]
+            try:
+                policy = (GatePolicy if isinstance(pruner, AutoPruner) else PruningPolicy)(pruner, args)
+            except ValueError as e:
+                raise ScheduleError(str(e), path, cfg.line_of(spec.raw), spec.key) from None
         elif spec.kind == "regularizer":
             policy = RegularizationPolicy(built[(section, spec.instance_name)],
                                           keep_mask=bool(spec.args.get("keep_mask", False)))

@@ -262,3 +262,56 @@ class LRPolicy(ScheduledTrainingPolicy):
                 for group, lr in zip(opt.param_groups, last):
                     group["lr"] = lr
 
+
+class GatePolicy(ScheduledTrainingPolicy):
+    """Trains an ``AutoPruner``'s gates over the policy's epochs, then turns them into filter masks.
+
+    First epoch: the gates are hooked onto the model. Every minibatch: ``alpha`` follows the
+    policy's progress, the gates' loss term is added, and the gates take an SGD step after the
+    model's. End of the last epoch: the gates are folded in and removed, and the filter masks are
+    installed (so thinning can follow). The policy should fire on every epoch of its range.
+    """
+
+    def __init__(self, pruner, pruner_args: Optional[Mapping] = None):
+        super().__init__()
+        if pruner_args:
+            raise ValueError(f"the AutoPruner policy takes no args (got {', '.join(pruner_args)})")
+        self.pruner = pruner
+        self.name = pruner.name
+        self.loss_name = f"{pruner.name}_loss"
+
+    def _configure(self, store: MaskStore, model):
+        """Re-hook saved gates after a resume (the scheduler calls this after load_state_dict)."""
+        self.pruner.restore_gates(model)
+
+    def on_epoch_begin(self, epoch, store, model, optimizer=None):
+        self.pruner.install(model)
+        self.pruner.reset_epoch_means()
+
+    def on_minibatch_begin(self, epoch, minibatch_id, minibatches_per_epoch, store, model, optimizer=None):
+        if self.pruner.total_steps is None:
+            self.pruner.total_steps = len(self.epochs) * minibatches_per_epoch
+
+    def before_backward_pass(self, epoch, minibatch_id, minibatches_per_epoch, loss, store, model,
+                             optimizer=None):
+        if self.pruner.finished:
+            return None
+        term = self.pruner.loss(loss)
+        return PolicyLoss(loss + term, [LossComponent(self.loss_name, term)])
+
+    def on_minibatch_end(self, epoch, minibatch_id, minibatches_per_epoch, store, model, optimizer=None):
+        self.pruner.step_gates()
+
+    def on_epoch_end(self, epoch, store, model, optimizer=None, metrics=None):
+        if epoch != self.epochs[-1] or self.pruner.finished:
+            return
+        masks = self.pruner.finalize(model)
+        for name, mask in masks.items():
+            store.set(name, mask)
+        store.apply(list(masks))
+
+    def state_dict(self):
+        return {"pruner": self.pruner.state_dict()}
+
+    def load_state_dict(self, state):
+        self.pruner.load_state_dict(state.get("pruner", {}))

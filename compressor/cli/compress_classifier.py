@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
             if "rng_state" in extras:
                 torch.set_rng_state(extras["rng_state"])
     if args.compress:
-        state = scheduler.state_dict() if scheduler is not None else None
+        state = None   # a resumed run gets every policy's state back (gates, cached thresholds ...)
+        if scheduler is not None:
+            state = resumed["compression_sched"] if full else scheduler.state_dict()
         scheduler = file_config(model, optimizer, args.compress,
                                 resumed_epoch=start_epoch - 1 if start_epoch > 0 else None)
         if state is not None:

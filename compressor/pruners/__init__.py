@@ -5,6 +5,7 @@ from .criteria import (APoZ, BatchNormGamma, Criterion, L1Magnitude, L2Magnitude
 from .granularity import Granularity
 from .magnitude import (AutomatedGradualPruner, GlobalAutomatedGradualPruner,
                         MagnitudeParameterPruner, SensitivityPruner, SparsityLevelParameterPruner)
+from .autopruner import AutoPruner, ChannelGate
 from .nm_sparsity import NMSparsityPruner, nm_mask
 from .slimming import NetworkSlimmingPruner
 from .splicing import SplicingPruner
@@ -37,4 +38,4 @@ __all__ = ["PruneContext", "Pruner", "level_mask", "threshold_mask", "AutomatedG
            "BNGammaRankedFilterPruner", "BNGammaRankedFilterPruner_AGP",
            "BernoulliFilterPruner", "BernoulliFilterPruner_AGP",
            "RandomLevelStructureParameterPruner", "NMSparsityPruner", "nm_mask",
-           "NetworkSlimmingPruner"]
+           "NetworkSlimmingPruner", "AutoPruner", "ChannelGate"]
