@@ -15,6 +15,7 @@ import torch
 from compressor.cli.compress_classifier import main
 from compressor.models import create_model
 from compressor.checkpoint import save_checkpoint
+from compressor.thinning import contract_model
 
 CORPUS = pathlib.Path(__file__).parent / "bad_inputs"
 CASES = sorted(p.name for p in CORPUS.iterdir() if p.suffix in (".yaml", ".args"))
@@ -31,11 +32,19 @@ def files(tmp_path_factory):
     (d / "empty").mkdir()
     good = str(d / "good.pth.tar")
     save_checkpoint(good, create_model("simplenet_mnist"), arch="simplenet_mnist", dataset="digits", epoch=0)
+    thinned = create_model("simplenet_mnist")
+    with torch.no_grad():
+        thinned.conv1.weight[:10] = 0
+        thinned.conv1.bias[:10] = 0
+    contract_model(thinned, (1, 28, 28))
+    assert thinned.conv1.out_channels == 10
+    save_checkpoint(str(d / "thinned.pth.tar"), thinned, arch="simplenet_mnist", dataset="digits", epoch=0)
     data = open(good, "rb").read()
     (d / "truncated.pth.tar").write_bytes(data[: len(data) // 3])
     torch.save({"state_dict": {}, "payload": Evil()}, d / "pickled.pth.tar")
     torch.save({"weights": torch.ones(3)}, d / "plain.pt")
     return {"tmp": str(d), "empty_dir": str(d / "empty"), "ckpt_good": good,
+            "ckpt_thinned": str(d / "thinned.pth.tar"),
             "ckpt_truncated": str(d / "truncated.pth.tar"), "ckpt_pickled": str(d / "pickled.pth.tar"),
             "ckpt_plain": str(d / "plain.pt")}
 
