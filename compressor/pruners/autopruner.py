@@ -215,8 +215,14 @@ class AutoPruner(Pruner):
         self._v_sum, self._v_count = {}, {}
 
     def mean_gates(self) -> Dict[str, torch.Tensor]:
-        """Each layer's gate averaged over this epoch's training minibatches."""
-        return {w: s / self._v_count[w] for w, s in self._v_sum.items()}
+        """Each layer's gate averaged over this epoch's training minibatches (and over ranks, so
+        every rank of a distributed run makes the same choice)."""
+        means = {w: s / self._v_count[w] for w, s in self._v_sum.items()}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for w in sorted(means):
+                dist.all_reduce(means[w])
+                means[w] /= dist.get_world_size()
+        return means
 
     def finalize(self, model: nn.Module) -> Dict[str, torch.Tensor]:
         """Fold the kept gates into the layers, remove the gates, and return the filter masks."""
