@@ -43,6 +43,15 @@ def test_a_thinned_checkpoint_evaluates_on_a_dense_model_built_from_its_arch(thi
     assert re.search(r"--- test -+\n==> Top1: (\d+\.\d+)", capsys.readouterr().out)
 
 
+def test_summaries_describe_the_checkpoint_given(thinned_run, capsys):
+    assert main(["--arch", "simplenet_mnist", "--dataset", "digits", "--summary", "compute"]) == 0
+    dense = int(re.search(r"Total MACs: ([\d,]+)", capsys.readouterr().out).group(1).replace(",", ""))
+    assert main(["--arch", "simplenet_mnist", "--dataset", "digits", "--summary", "compute",
+                 "--exp-load-weights-from", thinned_run]) == 0
+    thinned = int(re.search(r"Total MACs: ([\d,]+)", capsys.readouterr().out).group(1).replace(",", ""))
+    assert thinned < dense
+
+
 def test_thinnify_removes_zero_filters_and_prints_compute_before_and_after(tmp_path, capsys):
     model = create_model("simplenet_mnist")
     with torch.no_grad():

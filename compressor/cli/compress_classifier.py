@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.summary:
         setup_logging(args.verbose)
+        if args.resume_from or args.exp_load_weights_from:   # summarize that checkpoint's network
+            path = args.resume_from or args.exp_load_weights_from
+            ckpt_io.restore(ckpt_io.read_checkpoint(path), model, arch=args.arch, path=path)
         run_summaries(args, model, model_dataset)
         return 0
     if args.export_onnx:

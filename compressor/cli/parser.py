@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("modes (each runs instead of training, then exits)")
     g.add_argument("--summary", action="append", choices=SUMMARIES,
-                   help="print a summary of the model and exit; repeatable")
+                   help="print a summary of the model (of the checkpoint's, with --resume-from or "
+                        "--exp-load-weights-from) and exit; repeatable")
     g.add_argument("--evaluate", "-e", action="store_true",
                    help="evaluate on the test set and exit (use with --resume-from or "
                         "--exp-load-weights-from)")
