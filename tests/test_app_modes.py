@@ -29,6 +29,8 @@ def thinned_run(tmp_path_factory):
 
 
 def test_a_schedule_thins_mid_run_and_training_continues(thinned_run):
+    log = open(os.path.join(os.path.dirname(thinned_run), "run.log")).read()
+    assert re.search(r"Thinned by \w+ at epoch \d \(remove_filters\): conv1 10/20, conv2 25/50", log)
     ckpt = read_checkpoint(thinned_run)
     assert tuple(ckpt["state_dict"]["conv1.weight"].shape) == (10, 1, 5, 5)     # 20 -> 10 filters
     assert tuple(ckpt["state_dict"]["conv2.weight"].shape) == (25, 10, 5, 5)    # 50 -> 25, 20 -> 10 in

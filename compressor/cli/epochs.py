@@ -163,11 +163,25 @@ class Loop:
             result = evaluate(self.model, loader, self.criterion, self.device, num_classes)
         return self.reduce(result)
 
+    def log_thinning(self, epoch: int) -> None:
+        """Say what a thinning extension removed this epoch (layer: kept of before)."""
+        for policy in self.scheduler.ordered if self.scheduler is not None else ():
+            result = getattr(policy, "last_result", None)
+            if getattr(policy, "done_epoch", None) != epoch or result is None or not result.changed:
+                continue
+            layers = ", ".join(f"{name} {before - gone}/{before}" for name, (gone, before) in result.removed.items())
+            notes = [f"{len(result.selected)} batch norms select channels"] if result.selected else []
+            if result.nonzero_bias_removed:
+                notes.append(f"{result.nonzero_bias_removed} removed channels had a non-zero bias")
+            log.info("Thinned by %s at epoch %d (%s): %s%s", policy.name, epoch, result.kind, layers,
+                     "".join(f"; {n}" for n in notes))
+
     def end_epoch(self, epoch: int, stats: EpochStats) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
         comps = "".join(f"    {k} {v:.6f}" for k, v in stats.components.items())
         log.info("==> Train: Overall Loss %.6f    Objective Loss %.6f%s    Top1 %.3f    Top5 %.3f    LR %.6g",
                  stats.overall_loss, stats.loss, comps, stats.top1, stats.top5, lr)
+        self.log_thinning(epoch)
         df, total_sparsity, nnz = weight_stats(self.model)
         log.info("Parameters:\n%s\nTotal sparsity: %.2f", table(df), total_sparsity)
         if self.args.masks_sparsity and self.scheduler is not None:
