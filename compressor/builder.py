@@ -196,6 +196,14 @@ def _policy_levels(spec: cfg.PolicySpec, params: Mapping[str, torch.Tensor], pat
     return out
 
 
+def _check_consecutive(epochs: Sequence[int]) -> None:
+    """AutoPruner's gates train on every minibatch of their epochs, so the epochs must not skip."""
+    gaps = [e for e, nxt in zip(epochs, epochs[1:]) if nxt != e + 1]
+    if gaps:
+        raise ValueError(f"the AutoPruner policy must fire on consecutive epochs (frequency: 1); "
+                         f"it skips after epoch {gaps[0]}")
+
+
 def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
           scheduler: Optional[CompressionScheduler] = None,
           resumed_epoch: Optional[int] = None) -> CompressionScheduler:
@@ -217,6 +225,8 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
             pruner = built[(section, spec.instance_name)]
             try:
                 policy = (GatePolicy if isinstance(pruner, AutoPruner) else PruningPolicy)(pruner, args)
+                if isinstance(pruner, AutoPruner):
+                    _check_consecutive(spec.firing_epochs())
             except ValueError as e:
                 raise ScheduleError(str(e), path, cfg.line_of(spec.raw), spec.key) from None
         elif spec.kind == "regularizer":

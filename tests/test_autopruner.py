@@ -270,3 +270,11 @@ def test_the_app_stopped_mid_gating_resumes_to_the_same_thinned_network(tmp_path
     assert full["state_dict"].keys() == resumed["state_dict"].keys()
     for name, value in full["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][name]), name
+
+
+def test_a_policy_that_skips_epochs_is_refused():
+    s = schedule(epochs=6)
+    s["policies"][0]["frequency"] = 2
+    with pytest.raises(ScheduleError, match=r"policies\[0\].*the AutoPruner policy must fire on consecutive "
+                                            r"epochs \(frequency: 1\); it skips after epoch 0"):
+        compressor.dict_config(create_model("lenet5_bn"), None, s)
