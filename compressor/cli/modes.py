@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt_io
 from .. import models, summary
+from ..atomic import atomic_write
 from .. import sensitivity as sens
 from ..thinning import analyze, contract_model
 from .common import UsageError, table, weight_stats
@@ -89,8 +90,7 @@ def sensitivity(args, model, loader, criterion, device, run_dir: str) -> None:
         log.info("No plot: %s", e)
     ratios = sens.ratios_from_sensitivity(df, args.sense_max_drop)
     text = sens.ratios_to_schedule(ratios, args.sense, model=model)
-    with open(os.path.join(run_dir, "sensitivity_schedule.yaml"), "w") as f:
-        f.write(text)
+    atomic_write(os.path.join(run_dir, "sensitivity_schedule.yaml"), lambda f: f.write(text), binary=False)
     log.info("Per-layer ratios within %.2f top-1 points: %s; schedule written to %s",
              args.sense_max_drop, ", ".join(f"{k}={v:g}" for k, v in ratios.items()),
              os.path.join(run_dir, "sensitivity_schedule.yaml"))
