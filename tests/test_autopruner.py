@@ -209,11 +209,13 @@ def test_thinning_while_the_gates_are_alive_is_refused_with_a_clear_message():
 @pytest.mark.parametrize("sched_args, match", [
     ({"weights": ["fc1.weight"]}, r"pruners\.gates\.weights\.fc1\.weight: AutoPruner gates the output "
                                   r"channels of convolutions; 'fc1' is Linear"),
-    ({"keep_ratio": 0}, r"pruners\.gates\.keep_ratio: must be a fraction in \(0, 1\]"),
-    ({"keep_ratio": 1.5}, r"pruners\.gates\.keep_ratio: must be a fraction in \(0, 1\]"),
+    ({"keep_ratio": 0}, r"pruners\.gates\.keep_ratio: must be in \(0\.0, 1\.0\]; got 0"),
+    ({"keep_ratio": 1.5}, r"pruners\.gates\.keep_ratio: must be in \(0\.0, 1\.0\]; got 1\.5"),
     ({"alpha_start": 10, "alpha_end": 5}, r"pruners\.gates\.alpha_end: \(5\) must be >= alpha_start"),
-    ({"gate_lr": -1}, r"pruners\.gates\.gate_lr: must be a number > 0"),
-    ({"threshold": 1}, r"pruners\.gates\.threshold: must be in \(0, 1\)"),
+    ({"gate_lr": -1}, r"pruners\.gates\.gate_lr: must be > 0\.0; got -1"),
+    ({"gate_lr": 0}, r"pruners\.gates\.gate_lr: must be > 0\.0; got 0"),
+    ({"gate_momentum": "0.9"}, r"pruners\.gates\.gate_momentum: must be a number; got '0\.9'"),
+    ({"threshold": 1}, r"pruners\.gates\.threshold: must be in \(0\.0, 1\.0\); got 1"),
 ])
 def test_bad_arguments_name_the_key(sched_args, match):
     args = {"keep_ratio": 0.5, "weights": ["conv1.weight"], **sched_args}

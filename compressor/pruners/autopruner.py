@@ -34,6 +34,7 @@ from ..graph import conv_bn_pairs
 from ..masks import unwrap
 from ..registry import PRUNERS
 from .base import Pruner
+from .magnitude import check_number
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -53,14 +54,6 @@ class ChannelGate(nn.Module):
         return torch.sigmoid(alpha * self.fc(pooled))
 
 
-def _positive(key: str, value, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ComponentArgError(key, f"must be a number {'>= 0' if allow_zero else '> 0'}; got {value!r}")
-    return float(value)
-
-
 @PRUNERS.register
 class AutoPruner(Pruner):
     """Learn filter masks with trainable gates; see the module docstring and docs/methods/autopruner.md.
@@ -78,20 +71,16 @@ class AutoPruner(Pruner):
             weights = [weights]
         if not isinstance(weights, (list, tuple)) or not weights:
             raise ComponentArgError("weights", f"must be a non-empty list of convolution weight names; got {weights!r}")
-        if not (isinstance(keep_ratio, (int, float)) and not isinstance(keep_ratio, bool) and 0 < keep_ratio <= 1):
-            raise ComponentArgError("keep_ratio", f"must be a fraction in (0, 1] of channels to keep; got {keep_ratio!r}")
-        self.keep_ratio = float(keep_ratio)
-        self.alpha_start = _positive("alpha_start", alpha_start)
-        self.alpha_end = _positive("alpha_end", alpha_end)
+        self.keep_ratio = check_number("keep_ratio", keep_ratio, 0.0, 1.0, high_open=False, low_open=True)
+        self.alpha_start = check_number("alpha_start", alpha_start, 0.0, low_open=True)
+        self.alpha_end = check_number("alpha_end", alpha_end, 0.0, low_open=True)
         if self.alpha_end < self.alpha_start:
             raise ComponentArgError("alpha_end", f"({alpha_end}) must be >= alpha_start ({alpha_start})")
-        self.lambda_scale = _positive("lambda_scale", lambda_scale, allow_zero=True)
-        self.init_std_scale = _positive("init_std_scale", init_std_scale)
-        self.gate_lr = _positive("gate_lr", gate_lr)
-        self.gate_momentum = _positive("gate_momentum", gate_momentum, allow_zero=True)
-        if not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
-            raise ComponentArgError("threshold", f"must be in (0, 1): a gate above it keeps its channel; got {threshold!r}")
-        self.threshold = float(threshold)
+        self.lambda_scale = check_number("lambda_scale", lambda_scale)
+        self.init_std_scale = check_number("init_std_scale", init_std_scale, 0.0, low_open=True)
+        self.gate_lr = check_number("gate_lr", gate_lr, 0.0, low_open=True)
+        self.gate_momentum = check_number("gate_momentum", gate_momentum)
+        self.threshold = check_number("threshold", threshold, 0.0, 1.0, low_open=True)
         if model is None:
             raise ComponentArgError("weights", "AutoPruner needs the model to place its gates")
         self.conv_weights = list(weights)

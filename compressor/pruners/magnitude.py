@@ -23,15 +23,17 @@ from .base import PruneContext, Pruner, count_to_prune, level_mask, threshold_ma
 
 
 def check_number(key: str, value, low: float = 0.0, high: Optional[float] = None,
-                 high_open: bool = True) -> float:
-    """``value`` as a float in [low, high) (or [low, high]); else a ComponentArgError for ``key``."""
+                 high_open: bool = True, low_open: bool = False) -> float:
+    """``value`` as a float in [low, high) (the ends open or closed as asked); else a
+    ComponentArgError for ``key``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ComponentArgError(key, f"must be a number; got {value!r}")
     bad_high = high is not None and (value >= high if high_open else value > high)
-    if value < low or bad_high:
+    bad_low = value <= low if low_open else value < low
+    if bad_low or bad_high:
         if high is None:
-            raise ComponentArgError(key, f"must be >= {low}; got {value}")
-        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+            raise ComponentArgError(key, f"must be {'>' if low_open else '>='} {low}; got {value}")
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ComponentArgError(key, f"must be in {interval}; got {value}")
     return float(value)
 
