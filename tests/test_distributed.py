@@ -30,18 +30,23 @@ def only_dir(path):
     return os.path.join(path, d)
 
 
+def run_app_twice(args, out):
+    """The app on two gloo ranks (into out/ddp) and in one process (out/single); the DDP result."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), APP, *args,
+                          "-o", str(out / "ddp")], capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, APP, *args, "-o", str(out / "single")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return ddp
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), APP, *ARGS,
-                          "-o", str(out / "ddp")], capture_output=True, text=True, env=env, timeout=600)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable, APP, *ARGS, "-o", str(out / "single")],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
-    return out, ddp
+    return out, run_app_twice(ARGS, out)
 
 
 def test_only_rank_zero_writes(runs):
@@ -182,14 +187,7 @@ def test_thinning_mid_run_under_ddp_rebuilds_the_wrapper_and_matches_one_process
     thin = os.path.join(ROOT, "schedules", "filters", "simplenet_mnist.l1_agp_thin.yaml")
     args = [a if a != AGP else thin for a in ARGS]
     args[args.index("--epochs") + 1] = "6"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), APP, *args,
-                          "-o", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable, APP, *args, "-o", str(tmp_path / "single")],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
+    run_app_twice(args, tmp_path)
     a = read_checkpoint(os.path.join(only_dir(tmp_path / "ddp"), "checkpoint.pth.tar"))
     b = read_checkpoint(os.path.join(only_dir(tmp_path / "single"), "checkpoint.pth.tar"))
     assert tuple(a["state_dict"]["conv2.weight"].shape) == (25, 10, 5, 5)
