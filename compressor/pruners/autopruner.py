@@ -34,6 +34,7 @@ from ..graph import conv_bn_pairs
 from ..masks import unwrap
 from ..registry import PRUNERS
 from .base import Pruner
+from .coupling import dependents
 from .magnitude import check_number
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -101,7 +102,7 @@ class AutoPruner(Pruner):
         modules = dict(model.named_modules())
         names_by_id = {id(m): n for n, m in modules.items()}
         bn_of = {w: names_by_id[id(bn)] for w, bn in conv_bn_pairs(model).items()}
-        params = dict(model.named_parameters())
+        extras = dependents(model, self.conv_weights)   # each filter's bias, BN gamma and beta
         layers = {}
         for w in self.conv_weights:
             owner = w.rsplit(".", 1)[0]
@@ -111,10 +112,8 @@ class AutoPruner(Pruner):
                 raise ComponentArgError(f"weights.{w}", f"AutoPruner gates the output channels of "
                                         f"convolutions; '{owner}' is {kind}. List conv weights, e.g. "
                                         f"'conv1.weight'")
-            bn = bn_of.get(w)
-            extras = [f"{owner}.bias"] + ([f"{bn}.weight", f"{bn}.bias"] if bn else [])
-            layers[w] = {"conv": owner, "gated": bn or owner, "channels": module.out_channels,
-                         "extras": [n for n in extras if n in params]}
+            layers[w] = {"gated": bn_of.get(w, owner), "channels": module.out_channels,
+                         "extras": extras.get(w, [])}
         return layers
 
     @property
