@@ -7,9 +7,6 @@ For every markdown file there:
   (``compressor.cli.parser.build_parser``), and the whole command parses;
 - every relative link resolves to an existing file or folder, and an ``#anchor`` into a markdown
   file names one of its headings.
-
-Links to pages and sections that other people are still writing are listed in PENDING: they may
-be missing (the test then skips instead of failing, unless something else is broken).
 """
 import argparse
 import pathlib
@@ -26,8 +23,6 @@ PAGES = sorted(METHODS.glob("*.md"))
 
 EXPECTED = {"README.md", "han-iterative-magnitude.md", "ssl-group-lasso.md", "l1-filter-pruning.md",
             "agp.md", "network-slimming.md", "rethinking-scratch.md", "autopruner.md"}
-# (target path relative to the repository, anchor or "") that may not exist yet.
-PENDING = set()
 
 SCHEDULE = re.compile(r"schedules/[\w.*/-]*?\.ya?ml\b")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -140,17 +135,12 @@ def test_the_command_scanner_finds_commands():
 @pytest.mark.parametrize("page", PAGES, ids=ids(PAGES))
 def test_relative_links_resolve(page):
     text = without_fences(page.read_text(encoding="utf-8"))
-    broken, pending = [], []
+    broken = []
     for target in LINK.findall(text):
         if re.match(r"[a-z][a-z0-9+.-]*:", target):   # http:, https:, mailto:
             continue
         path, _, anchor = target.partition("#")
         dest = (page.parent / path).resolve() if path else page
-        rel = dest.relative_to(ROOT).as_posix() if dest.is_relative_to(ROOT) else str(dest)
-        if not dest.exists():
-            (pending if (rel, "") in PENDING else broken).append(target)
-        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
-            (pending if (rel, anchor) in PENDING else broken).append(target)
+        if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in anchors(dest)):
+            broken.append(target)
     assert not broken, f"{page.name}: broken links: {broken}"
-    if pending:
-        pytest.skip(f"{page.name}: links to pages or sections still being written: {sorted(set(pending))}")
