@@ -17,6 +17,8 @@ from torch import nn
 
 from . import config as cfg
 from .errors import ComponentArgError, ScheduleError, listing, suggest
+from .example_input import ExampleInput, as_sample_shape, example_input_of, record_first_input, \
+    set_example_input
 from .masks import normalize_name, unwrap
 from .policies import GatePolicy, LRPolicy, PruningPolicy, RegularizationPolicy
 from .pruners.autopruner import AutoPruner
@@ -33,22 +35,29 @@ def is_pattern(key: str) -> bool:
     return key.startswith("re:") or bool(_GLOB_CHARS & set(key))
 
 
+def _plain(name: str) -> str:
+    """A parameter name without wrapper segments: DataParallel/DDP's ``module.`` and
+    ``torch.compile``'s ``_orig_mod.`` (a compiled submodule's parameters carry it)."""
+    name = normalize_name(name)
+    return ".".join(p for p in name.split(".") if p != "_orig_mod") if "_orig_mod" in name else name
+
+
 def match_names(pattern: str, names: Sequence[str]) -> List[str]:
     """The parameter names ``pattern`` selects, in model order.
 
-    An exact name, the same name with or without ``module.`` segments, a glob (``*``, ``?``,
-    ``[...]``, matched against names without ``module.``) or ``re:<regex>`` (a full match).
+    An exact name, the same name with or without ``module.`` / ``_orig_mod.`` segments, a glob (``*``, ``?``,
+    ``[...]``, matched against names without those segments) or ``re:<regex>`` (a full match).
     """
     if pattern in names:
         return [pattern]
-    norm = normalize_name(pattern)
+    norm = _plain(pattern)
     if pattern.startswith("re:"):
         rx = re.compile(pattern[3:])
-        return [n for n in names if rx.fullmatch(normalize_name(n)) or rx.fullmatch(n)]
+        return [n for n in names if rx.fullmatch(_plain(n)) or rx.fullmatch(n)]
     if is_pattern(pattern):
-        return [n for n in names if fnmatch.fnmatchcase(normalize_name(n), norm)
+        return [n for n in names if fnmatch.fnmatchcase(_plain(n), norm)
                 or fnmatch.fnmatchcase(n, pattern)]
-    return [n for n in names if normalize_name(n) == norm]
+    return [n for n in names if _plain(n) == norm]
 
 
 def _no_match(key: str, names: Sequence[str]) -> str:
@@ -204,12 +213,88 @@ def _check_consecutive(epochs: Sequence[int]) -> None:
                          f"it skips after epoch {gaps[0]}")
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _example_shape(schedule: cfg.ScheduleConfig, model: nn.Module,
+                   example_input: ExampleInput) -> Optional[Tuple[int, ...]]:
+    """The schedule's one example input, checked: against the argument, the thinning extensions'
+    own ``input_shape`` and one forward pass of the model."""
+    path, raw = schedule.path, schedule.raw
+    given = as_sample_shape(example_input)
+    shape = schedule.input_shape
+    if shape is not None and given is not None and shape != given:
+        raise ScheduleError(f"input_shape {list(shape)} disagrees with the example input passed to "
+                            f"the builder (one sample of shape {list(given)}); give one of them",
+                            path, cfg.line_of(raw, "input_shape"), "input_shape")
+    if shape is None:
+        return given
+    for name, component in schedule.components["extensions"].items():
+        own = component.args.get("input_shape")
+        if own is not None and cfg.sample_shape(own) is not None and tuple(own) != shape:
+            raise ScheduleError(f"{list(own)} disagrees with the top-level input_shape {list(shape)}; "
+                                f"give the example input once, at the top level",
+                                path, cfg.line_of(component.raw, "input_shape"),
+                                f"{component.key}.input_shape")
+    inner = unwrap(model)
+    ref = next(iter(inner.parameters()), None)
+    kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    flags = [(m, m.training) for m in inner.modules()]
+    inner.eval()   # no batch-norm statistics change, and a batch of one is fine
+    try:
+        with torch.no_grad():
+            inner(torch.zeros((1,) + shape, **kw))
+    except Exception as e:   # any failure of the user's forward means the shape does not fit
+        raise ScheduleError(f"input_shape {list(shape)} does not fit the model: a forward pass on "
+                            f"one sample of that shape failed ({_first_line(e)})", path,
+                            cfg.line_of(raw, "input_shape"), "input_shape") from None
+    finally:
+        for m, t in flags:
+            m.training = t
+    return shape
+
+
+def _await_first_input(scheduler: CompressionScheduler, model: nn.Module) -> None:
+    """Record the first input the model sees; pruning steps owed for want of it run then.
+
+    Filter coupling needs the input's shape, but a pruner first fires at ``on_epoch_begin``,
+    before any batch: such a step is owed (see ``RankedStructurePruner.owed_epoch``) and runs in
+    this hook, before the first forward pass uses the weights.
+    """
+    def then(shape) -> None:
+        for policy in scheduler.ordered:
+            pruner = getattr(policy, "pruner", None)
+            epoch = getattr(pruner, "owed_epoch", None)
+            if epoch is None:
+                continue
+            policy._configured = False   # its parameter list grew by the coupled weights
+            policy._configure(scheduler.store, scheduler.model)
+            policy.prune(epoch, scheduler.store, scheduler.model)
+
+    for policy in scheduler.ordered:
+        pruner = getattr(policy, "pruner", None)
+        if hasattr(pruner, "awaits_input"):
+            pruner.awaits_input = True
+    record_first_input(model, then)
+
+
 def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
           scheduler: Optional[CompressionScheduler] = None,
-          resumed_epoch: Optional[int] = None) -> CompressionScheduler:
-    """Build (or extend) a CompressionScheduler from a parsed schedule."""
+          resumed_epoch: Optional[int] = None,
+          example_input: ExampleInput = None) -> CompressionScheduler:
+    """Build (or extend) a CompressionScheduler from a parsed schedule.
+
+    ``example_input`` (a batch tensor or the shape of one sample) or the schedule's top-level
+    ``input_shape`` is recorded as the model's example input; with neither (and none recorded
+    before), the shape of the first batch the model sees is recorded when it comes.
+    """
     path = schedule.path
     params = dict(unwrap(model).named_parameters())
+    shape = _example_shape(schedule, model, example_input)
+    if shape is not None:
+        set_example_input(model, shape)
     built: Dict[Tuple[str, str], Any] = {}
     for section in ("pruners", "regularizers", "extensions"):
         for name, component in schedule.components[section].items():
@@ -265,21 +350,27 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
     for policy, spec in plan:
         scheduler.add_policy(policy, epochs=spec.firing_epochs(),
                              key=f"{spec.key}:{spec.kind}:{spec.instance_name}")
+    if example_input_of(model) is None:
+        _await_first_input(scheduler, model)
     return scheduler
 
 
 def dict_config(model: nn.Module, optimizer, sched_dict: Mapping, scheduler=None,
-                resumed_epoch: Optional[int] = None, path: Optional[str] = "<dict>") -> CompressionScheduler:
+                resumed_epoch: Optional[int] = None, path: Optional[str] = "<dict>",
+                example_input: ExampleInput = None) -> CompressionScheduler:
     """Distiller's ``dict_config``: build a scheduler from an already-parsed schedule mapping."""
-    return build(cfg.from_dict(sched_dict, path), model, optimizer, scheduler, resumed_epoch)
+    return build(cfg.from_dict(sched_dict, path), model, optimizer, scheduler, resumed_epoch,
+                 example_input)
 
 
 def file_config(model: nn.Module, optimizer, filename, scheduler=None,
-                resumed_epoch: Optional[int] = None) -> CompressionScheduler:
+                resumed_epoch: Optional[int] = None,
+                example_input: ExampleInput = None) -> CompressionScheduler:
     """Distiller's ``file_config``: read a YAML schedule and build its CompressionScheduler.
 
     ``scheduler`` (e.g. one restored from a checkpoint) gets the new policies added to it.
     ``resumed_epoch`` is the last completed epoch of a resumed run; LR schedulers then continue
-    from there without moving the learning rate.
+    from there without moving the learning rate. ``example_input`` (a batch tensor or the shape
+    of one sample) is the model's example input, as the schedule's top-level ``input_shape``.
     """
-    return build(cfg.load(filename), model, optimizer, scheduler, resumed_epoch)
+    return build(cfg.load(filename), model, optimizer, scheduler, resumed_epoch, example_input)

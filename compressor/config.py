@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
@@ -17,7 +17,8 @@ from .registry import SECTIONS
 
 POLICY_KINDS = {"pruner": "pruners", "regularizer": "regularizers",
                 "lr_scheduler": "lr_schedulers", "extension": "extensions"}
-TOP_LEVEL_KEYS = ("version", "pruners", "regularizers", "lr_schedulers", "extensions", "policies")
+TOP_LEVEL_KEYS = ("version", "input_shape", "pruners", "regularizers", "lr_schedulers", "extensions",
+                  "policies")
 SCHEDULING_KEYS = ("epochs", "starting_epoch", "ending_epoch", "frequency")
 PRUNING_POLICY_ARGS = {
     "levels": dict, "keep_mask": bool, "mini_batch_pruning_frequency": int,
@@ -127,6 +128,9 @@ class ScheduleConfig:
     components: Dict[str, Dict[str, Component]]
     policies: List[PolicySpec]
     raw: Any = None
+    #: ``input_shape``: the shape of one input sample (no batch dimension), for every component
+    #: that follows the model's graph (filter coupling, thinning); None when the schedule has none.
+    input_shape: Optional[Tuple[int, ...]] = None
 
     def error(self, message: str, container: Any = None, key: Any = None,
               keypath: Optional[str] = None) -> ScheduleError:
@@ -210,7 +214,21 @@ def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
         raise err(f"'policies' must be a list; got {type(raw_policies).__name__}",
                   data, "policies", "policies")
     policies = [_policy(i, p, raw_policies, components, err) for i, p in enumerate(raw_policies)]
-    return ScheduleConfig(path, data.get("version"), components, policies, data)
+    input_shape = None
+    if "input_shape" in data:
+        input_shape = sample_shape(data["input_shape"])
+        if input_shape is None:
+            raise err(f"must be the shape of one input sample (no batch dimension) as a list of "
+                      f"positive integers, e.g. [3, 32, 32]; got {data['input_shape']!r}",
+                      data, "input_shape", "input_shape")
+    return ScheduleConfig(path, data.get("version"), components, policies, data, input_shape)
+
+
+def sample_shape(value: Any) -> Optional[Tuple[int, ...]]:
+    """``value`` as a sample shape (a non-empty list of positive integers), or None if it is not one."""
+    ok = isinstance(value, (list, tuple)) and len(value) >= 1 and all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in value)
+    return tuple(value) if ok else None
 
 
 def _policy(index, raw, parent, components, err) -> PolicySpec:

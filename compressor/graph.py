@@ -28,11 +28,33 @@ def selects_channels(module: nn.Module) -> bool:
     return getattr(type(module), "selects_channels", False) is True
 
 
+def _wrapped(m: nn.Module) -> Optional[nn.Module]:
+    """The module a DataParallel / DistributedDataParallel / torch.compile wrapper holds, else None."""
+    inner = unwrap(m)
+    return inner if inner is not m else None
+
+
 class _Tracer(torch.fx.Tracer):
-    """torch.fx's default tracer, keeping channel-selecting modules as leaves."""
+    """torch.fx's default tracer, keeping channel-selecting modules as leaves and tracing through
+    wrapped submodules.
+
+    A submodule wrapped in DataParallel (Distiller's VGG/AlexNet layout, ``features.module.0``),
+    DDP or ``torch.compile`` would otherwise be one opaque leaf (or untraceable): the wrapper's
+    call is replaced by its inner module's, so the graph's module names are the real paths with
+    the wrapper's segment (``features.module.0``, ``features._orig_mod.0``), as the model's
+    parameter names have them.
+    """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if _wrapped(m) is not None:
+            return False
         return selects_channels(m) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        inner = _wrapped(m)
+        if inner is not None:
+            return self.call_module(inner, inner.forward, args, kwargs)
+        return super().call_module(m, forward, args, kwargs)
 
 
 def symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:

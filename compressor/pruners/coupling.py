@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 from torch import nn
 
 from ..errors import CompressorError
+from ..example_input import example_input_of
 from ..masks import normalize_name, unwrap
 
 DEPENDENCIES = ("Leader", "Independent")
@@ -39,28 +40,46 @@ _GROUPS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def coupled_filter_groups(model: nn.Module) -> Optional[List[List[str]]]:
-    """The thinning module's coupled filter groups, or None when it does not provide them."""
+    """The thinning module's coupled filter groups, or None when it does not provide them.
+
+    Shapes are followed from the model's example input (``compressor.example_input``: the
+    schedule's ``input_shape`` or the first batch seen), else from the usual image sizes.
+    """
     try:
         from ..thinning import coupled_filter_groups as find
     except ImportError:
         return None
     inner = unwrap(model)
-    signature = tuple((n, tuple(p.shape)) for n, p in inner.named_parameters())
+    example = example_input_of(model)
+    signature = (example,) + tuple((n, tuple(p.shape)) for n, p in inner.named_parameters())
     cached = _GROUPS_CACHE.get(inner)
     if cached is not None and cached[0] == signature and cached[1] is find:
         return [list(g) for g in cached[2]]
-    groups = [list(g) for g in find(inner)]
+    groups = [list(g) for g in find(inner, example)]
     _GROUPS_CACHE[inner] = (signature, find, groups)
     return [list(g) for g in groups]
 
 
+def _lacks_input(error: Exception) -> bool:
+    """Whether coupling failed only for want of an example input (the graph itself traced)."""
+    try:
+        from ..thinning.graph import NoExampleInputError
+    except ImportError:
+        return False
+    return isinstance(error, NoExampleInputError)
+
+
 def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters: bool,
-               model: Optional[nn.Module], param_order: Sequence[str]) -> List[Unit]:
+               model: Optional[nn.Module], param_order: Sequence[str],
+               defer: bool = False) -> Optional[List[Unit]]:
     """Group the listed ``weights`` into units.
 
     ``Leader``: one unit, ranked by the first weight alone. ``Independent``, or a granularity other
     than filters: one unit per weight. Otherwise (``couple_filters``) each listed weight joins its
     coupled filter group, unlisted members included, ranked by the sum of all members' scores.
+    With ``defer``, a model whose example input is not known yet and whose graph the usual image
+    sizes do not run through gives None (the caller asks again once the input is known) instead
+    of a warning and independent units.
     """
     weights = list(weights)
     if dependency == "Leader":
@@ -70,6 +89,8 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
         try:
             groups = coupled_filter_groups(model)
         except CompressorError as e:
+            if defer and _lacks_input(e):
+                return None
             warnings.warn(f"filter coupling not found, listed weights are pruned independently: {e}",
                           stacklevel=3)
     if not groups:

@@ -78,6 +78,11 @@ class Criterion:
     def close(self) -> None:
         """Remove hooks; the criterion gathers nothing afterwards."""
 
+    def reattach(self) -> None:
+        """Hook again after ``prepare`` was called with more names (statistics start afresh)."""
+        self.close()
+        self.attach()
+
     def state_dict(self) -> dict:
         return {}
 
@@ -222,6 +227,11 @@ class _ActivationCriterion(Criterion):
     def close(self):
         if self.collector is not None:
             self.collector.__exit__(None, None, None)
+
+    def reattach(self):
+        self.close()
+        self.collector = None
+        self.attach()
 
     def state_dict(self):
         if self.collector is None:

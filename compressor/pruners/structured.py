@@ -178,6 +178,11 @@ class RankedStructurePruner(Pruner):
         self.units: List[Unit] = make_units(self.weights, self.group_dependency, False, None, self.weights)
         self.deps: Dict[str, List[str]] = {}
         self._problems: Dict[str, str] = {}
+        self._pending: Optional[weakref.ref] = None
+        #: Set by the builder when it records the first input: a step asked for before then is
+        #: owed (its epoch kept here) instead of pruning the coupled weights independently.
+        self.awaits_input = False
+        self.owed_epoch: Optional[int] = None
         if model is None:
             if criterion.needs_model:
                 raise ComponentArgError("model", f"the {criterion.name} criterion needs the model "
@@ -187,8 +192,21 @@ class RankedStructurePruner(Pruner):
         missing = [w for w in self.weights if w not in params]
         if missing:
             raise ComponentArgError("weights", f"'{missing[0]}' is not a parameter of the model")
-        self.units = make_units(self.weights, self.group_dependency,
-                                granularity.canonical == "Filters", model, list(params))
+        units = make_units(self.weights, self.group_dependency, granularity.canonical == "Filters",
+                           model, list(params), defer=True)
+        # No example input yet and no usual image size fits: coupling waits for the first batch
+        # (the builder records it); until then the listed weights are checked one by one.
+        self._pending = weakref.ref(model) if units is None else None
+        if units is not None:
+            self.units = units
+        self._prepare(model, params)
+        criterion.attach()
+        # Hooks must not outlive the pruner (e.g. when a later component of the schedule fails).
+        self._finalizer = weakref.finalize(self, criterion.close)
+
+    def _prepare(self, model: nn.Module, params) -> None:
+        """Dependents and criterion for the current units; checked."""
+        granularity, criterion = self.granularity, self.criterion
         if granularity.along_outputs:
             members = [m for u in self.units for m in u.members]
             self.deps = dependents(model, members, with_batchnorm=granularity.canonical == "Filters")
@@ -200,9 +218,29 @@ class RankedStructurePruner(Pruner):
                                              f"{e}") from None
         self._problems = {n: why for n, why in problems.items() if n in self.weights}
         self.check({n: params[n] for n in self.param_names})
-        criterion.attach()
-        # Hooks must not outlive the pruner (e.g. when a later component of the schedule fails).
-        self._finalizer = weakref.finalize(self, criterion.close)
+
+    def resolve_coupling(self) -> bool:
+        """Find the filter coupling deferred for want of an example input; False while still unknown.
+
+        Without ``awaits_input`` (no one will record an input) the old fallback applies: a warning
+        and independent units.
+        """
+        model = self._pending() if self._pending is not None else None
+        if model is None:
+            self._pending = None
+            return True
+        params = dict(unwrap(model).named_parameters())
+        units = make_units(self.weights, self.group_dependency, True, model, list(params),
+                           defer=self.awaits_input)
+        if units is None:
+            return False
+        self._pending = None
+        before = list(self.param_names)
+        self.units = units
+        self._prepare(model, params)
+        if self.param_names != before:
+            self.criterion.reattach()
+        return True
 
     # -- names and checks -----------------------------------------------------------------------
     @property
@@ -240,6 +278,10 @@ class RankedStructurePruner(Pruner):
 
     # -- masks ----------------------------------------------------------------------------------
     def masks(self, params, ctx: PruneContext) -> Dict[str, torch.Tensor]:
+        if self._pending is not None and not self.resolve_coupling():
+            self.owed_epoch = ctx.epoch   # the builder's first-input hook prunes then
+            return {}
+        self.owed_epoch = None
         out: Dict[str, torch.Tensor] = {}
         for unit in self.units:
             fraction = self.target(unit.target_name, ctx)

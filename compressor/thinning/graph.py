@@ -297,6 +297,10 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
             f"so the forward must not branch on tensor values") from None
 
 
+class NoExampleInputError(ThinningError):
+    """No example input was given and none of the usual image sizes runs through the model."""
+
+
 def _first_layer(model: nn.Module) -> Optional[nn.Module]:
     for m in model.modules():
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
@@ -525,7 +529,7 @@ def propagate_shapes(model: nn.Module, gm: torch.fx.GraphModule,
                     return tuple(x.shape)
                 except Exception:
                     pass
-            raise ThinningError(f"cannot thin {type(model).__name__}: no example input given and "
+            raise NoExampleInputError(f"cannot thin {type(model).__name__}: no example input given and "
                                 f"none of the usual shapes ({', '.join(tried)}) runs through it; "
                                 f"pass example_input (or input_shape / dataset in the schedule)")
     finally:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 from ..errors import ComponentArgError, listing, suggest
+from ..example_input import example_input_of
 from ..policies import ScheduledTrainingPolicy
 from ..registry import EXTENSIONS
 from .api import thin
@@ -32,7 +33,8 @@ class StructureRemover(ScheduledTrainingPolicy):
 
     ``thinning_func_str``: remove_filters, remove_channels or contract_model. The example input
     used to follow shapes comes from ``input_shape`` (one sample, e.g. ``[3, 32, 32]``) or
-    ``dataset`` (mnist, cifar10, imagenet); with neither, the usual image sizes are tried.
+    ``dataset`` (mnist, cifar10, imagenet); with neither, the schedule's top-level ``input_shape``
+    (or the first batch the model saw, ``compressor.example_input``), else the usual image sizes.
     ``arch`` is accepted for Distiller's schedules and ignored.
     """
 
@@ -79,7 +81,8 @@ class StructureRemover(ScheduledTrainingPolicy):
         if self.done_epoch == epoch:
             return
         self.done_epoch = epoch
-        self.last_result = thin(model, self.thinning_func_str, self.input_shape,
+        shape = self.input_shape if self.input_shape is not None else example_input_of(model)
+        self.last_result = thin(model, self.thinning_func_str, shape,
                                 optimizer=optimizer, store=store)
         if self.last_result.changed:
             self.n_thinned += 1
