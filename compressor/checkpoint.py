@@ -4,20 +4,26 @@ A checkpoint is a dict of tensors and plain data only (no pickled classes), so i
 ``torch.load(..., weights_only=True)`` and can be read without this library. Writes go to a
 temporary file in the same folder, are flushed to disk, then renamed over the target: a crash
 mid-write leaves the previous checkpoint intact, never a partial file. Loading replays any thinning
-recipes on the freshly built dense model before loading the weights.
+recipes on the freshly built dense model before loading the weights (recipes the model already
+has, judged by its current shapes, are not applied twice). Distiller's checkpoints load too: the
+few classes they pickled are allowed by name and mapped to plain data (see
+``checkpoint_distiller``), batch norms saved without ``num_batches_tracked`` get the model's own
+counter, and DataParallel's ``module.`` prefixes are dropped.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .atomic import atomic_write
-from .errors import CheckpointError
+from . import checkpoint_distiller as distiller_format
+from .errors import CheckpointError, CheckpointNotFoundError
 from .masks import unwrap
 
 FORMAT = "compressor-checkpoint"
@@ -47,11 +53,18 @@ def save_checkpoint(path: str, model: nn.Module, optimizer=None, scheduler=None,
 
 
 def read_checkpoint(path: str) -> Dict[str, Any]:
-    """Load and validate a checkpoint file without executing anything from it."""
+    """Load and validate a checkpoint file without executing anything from it.
+
+    Only tensors and plain data are unpickled, plus, from Distiller's checkpoints, the names in
+    ``checkpoint_distiller.ALLOWED_NAMES``, which resolve to inert stand-ins and come back as
+    plain data (``optimizer_type`` as a class name, recipes as dicts). A missing file raises
+    ``CheckpointNotFoundError``, which is also a ``FileNotFoundError``.
+    """
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        raise CheckpointNotFoundError(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with distiller_format.safe_globals():
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = str(e).strip().splitlines()
         named = next((line.strip() for line in lines if "GLOBAL" in line), "")
@@ -59,7 +72,8 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
             raise CheckpointError(f"{path}: damaged or not a checkpoint (not a torch.save file)") from None
         raise CheckpointError(
             f"{path}: refused: the file holds pickled Python objects, which could run code when "
-            f"loaded ({named}); compressor checkpoints hold only tensors and plain data") from None
+            f"loaded ({named}); compressor checkpoints hold only tensors and plain data, and "
+            f"of Distiller's classes only ThinningRecipe and torch.optim classes are read") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: damaged or not a checkpoint ({reason})") from None
@@ -67,7 +81,7 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: not a compressor checkpoint (no 'state_dict' entry); "
                               f"found {type(ckpt).__name__}"
                               + (f" with keys {', '.join(map(str, list(ckpt)[:6]))}" if isinstance(ckpt, Mapping) else ""))
-    return dict(ckpt)
+    return distiller_format.plain(dict(ckpt), path)
 
 
 def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str,
@@ -75,6 +89,10 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str
     target = unwrap(model)
     own = target.state_dict()
     state = {k[7:] if k.startswith("module.") and k not in own else k: v for k, v in state.items()}
+    for k in own:   # saved by torch < 0.4.1 (Distiller's older files): the counter did not exist
+        stem = k[:-len("num_batches_tracked")]
+        if k.endswith(".num_batches_tracked") and k not in state and stem + "running_mean" in state:
+            state[k] = own[k].clone()   # what BatchNorm itself keeps when loading such a state
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -94,6 +112,81 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str
     target.load_state_dict(state, strict=strict)
 
 
+def _shape_after(shape: List[int], ops) -> List[int]:
+    shape = list(shape)
+    for o in ops:
+        shape[o["dim"]] = len(o["index"][0]) if "groups" in o else len(o["index"])
+    return shape
+
+
+def _applied_prefix(model: nn.Module, recipes: List[Mapping]) -> int:
+    """How many leading recipes ``model`` already went through, judged by its current shapes.
+
+    After k recipes every tensor they touch has the shape those recipes leave, and every tensor
+    only later recipes touch still has the shape the first of them expects. The largest such k
+    wins; 0 for a dense model (and for a model that fits no prefix, so replay explains why).
+    """
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    try:
+        for k in range(len(recipes), 0, -1):
+            expected: Dict[str, List[int]] = {}
+            for r in recipes[:k]:
+                for name, e in r["tensors"].items():
+                    expected[name] = _shape_after(expected.get(name, e["shape"]), e["ops"])
+            for r in recipes[k:]:
+                for name, e in r["tensors"].items():
+                    expected.setdefault(name, list(e["shape"]))
+            if all(name in tensors and list(tensors[name].shape) == shape
+                   for name, shape in expected.items()):
+                return k
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return 0   # malformed: replay reports it
+    return 0
+
+
+def _replay_new(model: nn.Module, recipes: List[Any], path: str) -> None:
+    """Replay the recipes ``model`` does not have yet (mapping Distiller's first)."""
+    from .thinning import replay   # noqa: WPS433 - thinning is only needed for thinned models
+    from .thinning.execute import copy_recipe
+    target = unwrap(model)
+    if any(distiller_format.is_distiller_recipe(r) for r in recipes):
+        if not all(distiller_format.is_distiller_recipe(r) for r in recipes):
+            raise CheckpointError(f"{path}: mixes Distiller's thinning recipes with this library's")
+        # directives already applied are dropped while mapping; the model keeps its own record
+        recipes, done = list(distiller_format.to_recipes(target, recipes, path)), 0
+    else:
+        done = _applied_prefix(target, recipes)
+        if done:   # the model went through these: its record is the checkpoint's
+            target.thinning_recipes = [copy_recipe(r) for r in recipes[:done]]
+    if recipes[done:]:
+        replay(model, recipes[done:], optimizer=None)
+
+
+def rebuild_optimizer(model: nn.Module, ckpt: Mapping[str, Any], path: str = "checkpoint"):
+    """A new optimizer of the checkpoint's ``optimizer_type`` holding its saved state, or None.
+
+    The type is looked up by class name among ``checkpoint_distiller.OPTIMIZERS`` (torch.optim's
+    own classes), never imported from the file. None, with a warning, when the checkpoint has no
+    optimizer state or names a class outside that list (Distiller returned None there too).
+    """
+    name, state = ckpt.get("optimizer_type"), ckpt.get("optimizer_state_dict")
+    if state is None or not name:
+        return None
+    cls = distiller_format.OPTIMIZERS.get(name)
+    if cls is None:
+        warnings.warn(f"{path}: optimizer_type '{name}' is not a torch.optim class this library "
+                      f"rebuilds ({', '.join(distiller_format.OPTIMIZERS)}); no optimizer loaded",
+                      stacklevel=2)
+        return None
+    optimizer = cls(model.parameters(), lr=1.0)   # lr is required by SGD; the state replaces it
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
+    return optimizer
+
+
 def restore(ckpt: Mapping[str, Any], model: nn.Module, optimizer=None, scheduler=None,
             arch: Optional[str] = None, path: str = "checkpoint", strict: bool = True) -> None:
     """Put a read checkpoint's state into ``model`` (and optimizer and scheduler when given).
@@ -104,10 +197,9 @@ def restore(ckpt: Mapping[str, Any], model: nn.Module, optimizer=None, scheduler
     if arch is not None and ckpt.get("arch") not in (None, arch):
         raise CheckpointError(f"{path}: checkpoint is for architecture '{ckpt['arch']}', "
                               f"not '{arch}'")
-    recipes = ckpt.get("thinning_recipes") or []
+    recipes = list(ckpt.get("thinning_recipes") or [])
     if recipes:
-        from .thinning import replay   # noqa: WPS433 - thinning is only needed for thinned models
-        replay(model, recipes, optimizer=None)
+        _replay_new(model, recipes, path)
         if scheduler is not None:
             scheduler.store.rebind(model)
     _load_weights(model, ckpt["state_dict"], path, strict)
@@ -130,8 +222,10 @@ def load_checkpoint(model: nn.Module, chkpt_file: str, optimizer=None,
     """Distiller's ``load_checkpoint``: returns (model, compression_scheduler, optimizer, start_epoch).
 
     The compression scheduler holds the saved masks (no policies: add them with ``file_config(...,
-    scheduler=...)``). With ``lean_checkpoint`` only the weights are loaded. ``strict=False``
-    tolerates missing and unexpected weight names (shapes must still fit).
+    scheduler=...)``). Without an ``optimizer``, one is rebuilt from the checkpoint's
+    ``optimizer_type`` and state, as Distiller did (None when it has none); a given one is loaded
+    instead. With ``lean_checkpoint`` only the weights are loaded (optimizer None, epoch 0).
+    ``strict=False`` tolerates missing and unexpected weight names (shapes must still fit).
     """
     from .scheduler import CompressionScheduler
     ckpt = read_checkpoint(chkpt_file)
@@ -141,5 +235,9 @@ def load_checkpoint(model: nn.Module, chkpt_file: str, optimizer=None,
     restore(ckpt, model, None if lean_checkpoint else optimizer, scheduler, path=chkpt_file, strict=strict)
     if model_device is not None:
         model.to(model_device)
+    if lean_checkpoint:
+        optimizer = None
+    elif optimizer is None:   # after thinning and moving, so it holds the final parameters
+        optimizer = rebuild_optimizer(model, ckpt, chkpt_file)
     epoch = ckpt.get("epoch")
     return model, scheduler, optimizer, (epoch + 1 if isinstance(epoch, int) and not lean_checkpoint else 0)

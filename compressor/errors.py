@@ -8,6 +8,7 @@ line, the key path, what was wrong and what would be valid. Components raise ``C
 from __future__ import annotations
 
 import difflib
+import errno
 from typing import Iterable, Optional
 
 
@@ -39,6 +40,17 @@ class ComponentArgError(CompressorError, ValueError):
 
 class CheckpointError(CompressorError, ValueError):
     """A checkpoint file is missing, damaged, unsafe or does not fit the model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist; also a ``FileNotFoundError``, as Distiller raised."""
+
+    def __init__(self, path: str):
+        super().__init__(f"{path}: checkpoint file not found")
+        self.errno, self.strerror, self.filename = errno.ENOENT, "checkpoint file not found", path
+
+    def __str__(self) -> str:   # OSError would print "[Errno 2] ..."; keep the one-line message
+        return f"{self.filename}: checkpoint file not found"
 
 
 class ThinningError(CompressorError, ValueError):
