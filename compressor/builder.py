@@ -269,6 +269,7 @@ def _await_first_input(scheduler: CompressionScheduler, model: nn.Module) -> Non
             epoch = getattr(pruner, "owed_epoch", None)
             if epoch is None:
                 continue
+            pruner.resolve_coupling()
             policy._configured = False   # its parameter list grew by the coupled weights
             policy._configure(scheduler.store, scheduler.model)
             policy.prune(epoch, scheduler.store, scheduler.model)

@@ -278,9 +278,13 @@ class RankedStructurePruner(Pruner):
 
     # -- masks ----------------------------------------------------------------------------------
     def masks(self, params, ctx: PruneContext) -> Dict[str, torch.Tensor]:
-        if self._pending is not None and not self.resolve_coupling():
-            self.owed_epoch = ctx.epoch   # the builder's first-input hook prunes then
-            return {}
+        if self._pending is not None:
+            model = self._pending()
+            if not self.resolve_coupling():
+                self.owed_epoch = ctx.epoch   # the builder's first-input hook prunes then
+                return {}
+            if model is not None:   # coupled weights the policy did not know of when it asked
+                params = {**dict(unwrap(model).named_parameters()), **params}
         self.owed_epoch = None
         out: Dict[str, torch.Tensor] = {}
         for unit in self.units:

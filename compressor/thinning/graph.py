@@ -42,6 +42,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ThinningError
+from ..example_input import example_input_of
 from ..graph import symbolic_trace
 from ..masks import unwrap
 from .selection import can_select, is_selecting
@@ -1246,7 +1247,12 @@ def _reshape_cdim(in_shape, out_shape, c) -> Optional[Tuple[int, int]]:
 
 
 def analyze_graph(model: nn.Module, example_input: ExampleInput = None) -> ChannelGraph:
-    """Trace ``model`` (unwrapped), propagate shapes and follow every channel; see module doc."""
+    """Trace ``model`` (unwrapped), propagate shapes and follow every channel; see module doc.
+
+    Without ``example_input``, the model's recorded one (``compressor.example_input``) is used,
+    else the usual image sizes are tried."""
+    if example_input is None:
+        example_input = example_input_of(model)
     model = unwrap(model)
     gm = trace(model)
     shape = propagate_shapes(model, gm, example_input)

@@ -1,0 +1,110 @@
+"""One example input for the whole schedule: the top-level ``input_shape`` key, the builder's
+``example_input=`` argument, or the first batch the model sees, used by filter coupling and by
+thinning before any guessing of image sizes."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from compressor.builder import dict_config
+from compressor.config import loads
+from compressor.errors import ScheduleError
+from compressor.example_input import example_input_of
+from compressor.thinning import remove_filters
+
+
+class Odd(nn.Module):
+    """A residual block with a depthwise conv, on 1x13x17 inputs (no usual image size fits fc)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.fc = nn.Linear(6 * 13 * 17, 4)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        return self.fc(torch.flatten(torch.relu(self.dw(s)) + s, 1))
+
+
+def model():
+    torch.manual_seed(0)
+    return Odd().double()
+
+
+def schedule(**top):
+    return {**top, "pruners": {"f": {"class": "L1RankedStructureParameterPruner", "group_type": "Filters",
+                                     "desired_sparsity": 0.5, "weights": ["stem.weight"]}},
+            "policies": [{"pruner": {"instance_name": "f"}, "epochs": [0]}]}
+
+
+def check_exact_thinning(m, scheduler, x):
+    m.eval()
+    with torch.no_grad():
+        masked = m(x)
+    assert remove_filters(m, store=scheduler).changed   # the recorded example input, no guess
+    assert m.stem.out_channels == 3 and m.dw.out_channels == 3
+    with torch.no_grad():   # float64; removed channels were exactly 0: equal up to re-ordered sums
+        assert torch.allclose(m(x), masked, rtol=0, atol=1e-12)
+
+
+def test_top_level_input_shape_finds_the_coupling_without_warning():
+    m = model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scheduler = dict_config(m, None, schedule(input_shape=[1, 13, 17]))
+    assert example_input_of(m) == (1, 13, 17)
+    assert scheduler.ordered[0].pruner.units[0].members == ["stem.weight", "dw.weight"]
+    scheduler.on_epoch_begin(0)
+    check_exact_thinning(m, scheduler, torch.randn(2, 1, 13, 17, dtype=torch.float64))
+
+
+def test_example_input_argument_is_the_same_as_the_key():
+    m = model()
+    scheduler = dict_config(m, None, schedule(), example_input=torch.zeros(5, 1, 13, 17))
+    assert example_input_of(m) == (1, 13, 17)
+    assert scheduler.ordered[0].pruner.units[0].members == ["stem.weight", "dw.weight"]
+
+
+def test_without_a_shape_the_first_batch_supplies_it_and_the_owed_step_runs():
+    m = model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scheduler = dict_config(m, None, schedule())
+        pruner = scheduler.ordered[0].pruner
+        scheduler.on_epoch_begin(0)            # before any batch: the step is owed, nothing pruned
+        assert pruner.owed_epoch == 0 and scheduler.masks == {}
+        x = torch.randn(2, 1, 13, 17, dtype=torch.float64)
+        m(x)                                   # the first forward records the shape and prunes
+    assert example_input_of(m) == (1, 13, 17) and pruner.owed_epoch is None
+    assert pruner.units[0].members == ["stem.weight", "dw.weight"]
+    zero = scheduler.masks["stem.weight"].flatten(1).sum(1) == 0
+    assert zero.sum() == 3 and torch.equal(zero, scheduler.masks["dw.weight"].flatten(1).sum(1) == 0)
+    check_exact_thinning(m, scheduler, x)
+
+
+def test_bad_input_shape_is_a_schedule_error_with_its_line():
+    text = "input_shape: [1, -13]\npolicies: []\n"
+    with pytest.raises(ScheduleError, match=r"<string>:1 input_shape: must be the shape of one input "
+                                            r"sample .* got \[1, -13\]"):
+        loads(text)
+
+
+def test_input_shape_that_does_not_fit_the_model_is_a_schedule_error():
+    with pytest.raises(ScheduleError, match=r"input_shape: input_shape \[1, 28, 28\] does not fit the "
+                                            r"model: a forward pass on one sample of that shape failed"):
+        dict_config(model(), None, schedule(input_shape=[1, 28, 28]))
+
+
+def test_input_shape_inconsistent_with_the_extension_or_argument():
+    sched = schedule(input_shape=[1, 13, 17])
+    sched["extensions"] = {"t": {"class": "FilterRemover", "thinning_func_str": "remove_filters",
+                                 "input_shape": [1, 13, 18]}}
+    with pytest.raises(ScheduleError, match=r"extensions\.t\.input_shape: \[1, 13, 18\] disagrees with "
+                                            r"the top-level input_shape \[1, 13, 17\]"):
+        dict_config(model(), None, sched)
+    with pytest.raises(ScheduleError, match=r"input_shape: input_shape \[1, 13, 17\] disagrees with the "
+                                            r"example input passed to the builder"):
+        dict_config(model(), None, schedule(input_shape=[1, 13, 17]), example_input=(1, 12, 17))
