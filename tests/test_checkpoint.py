@@ -132,3 +132,77 @@ def test_non_strict_load_tolerates_missing_and_extra_names(tmp_path):
         load_checkpoint(other, path)
     load_checkpoint(other, path, strict=False)
     assert torch.equal(other.fc.weight, model.fc.weight)
+
+
+def test_missing_file_is_also_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt: checkpoint file not found") as info:
+        load_checkpoint(TinyNet(), str(tmp_path / "nope.pt"))
+    assert isinstance(info.value, CheckpointError) and info.value.filename.endswith("nope.pt")
+
+
+def test_optimizer_is_rebuilt_from_the_checkpoint_when_none_is_given(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), lr=0.003, betas=(0.8, 0.99))
+    for x, y in make_batches():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    path = save_checkpoint(str(tmp_path / "c.pth.tar"), model, opt, epoch=0)
+    m2 = TinyNet()
+    _, _, opt2, start = load_checkpoint(m2, path)
+    assert type(opt2) is torch.optim.Adam and start == 1
+    assert opt2.param_groups[0]["lr"] == 0.003 and opt2.param_groups[0]["betas"] == (0.8, 0.99)
+    assert all(p2 in opt2.state and torch.equal(opt.state[p]["exp_avg"], opt2.state[p2]["exp_avg"])
+               for p, p2 in zip(model.parameters(), m2.parameters()))
+    assert load_checkpoint(TinyNet(), path, lean_checkpoint=True)[2] is None
+
+
+def test_an_optimizer_class_outside_torch_optim_is_not_rebuilt(tmp_path):
+    class MyOpt(torch.optim.SGD):
+        pass
+    model = TinyNet()
+    path = save_checkpoint(str(tmp_path / "c.pth.tar"), model, MyOpt(model.parameters(), lr=0.1))
+    with pytest.warns(UserWarning, match=r"optimizer_type 'MyOpt' is not a torch\.optim class"):
+        assert load_checkpoint(TinyNet(), path)[2] is None
+
+
+def thinned_tiny():
+    from compressor.thinning import contract_model
+    torch.manual_seed(0)
+    model = TinyNet()
+    with torch.no_grad():
+        model.conv1.weight[:3] = 0
+        model.conv1.bias[:3] = 0
+        model.bn1.weight[:3] = 0
+        model.bn1.bias[:3] = 0
+    contract_model(model, (1, 8, 8))
+    assert model.conv1.out_channels == 5
+    return model.eval()
+
+
+def test_a_thinned_checkpoint_loads_into_a_model_already_thinned_the_same_way(tmp_path):
+    model = thinned_tiny()
+    path = save_checkpoint(str(tmp_path / "t.pth.tar"), model)
+    dense = TinyNet()
+    load_checkpoint(dense, path)                  # dense: the recipe is replayed
+    load_checkpoint(dense, path)                  # already thinned: nothing to replay
+    again = thinned_tiny()
+    load_checkpoint(again, path)
+    x = torch.randn(2, 1, 8, 8)
+    for m in (dense, again):
+        assert len(m.thinning_recipes) == 1
+        assert torch.equal(m.eval()(x), model(x))   # same weights and shapes: identical outputs
+
+
+def test_legacy_batch_norm_without_counter_and_dataparallel_prefix_load(tmp_path):
+    model = thinned_tiny()
+    ckpt = compressor.checkpoint.make_checkpoint(model)
+    ckpt["state_dict"] = {"module." + k: v for k, v in ckpt["state_dict"].items()
+                          if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "old.pth.tar"
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)
+    m2 = TinyNet()
+    load_checkpoint(m2, str(path))
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(m2.eval()(x), model(x))
