@@ -8,6 +8,8 @@ each file is ``# expect: <regex>`` matched against the one error line.
 import os
 import pathlib
 import shlex
+import sys
+import types
 
 import pytest
 import torch
@@ -24,6 +26,31 @@ CASES = sorted(p.name for p in CORPUS.iterdir() if p.suffix in (".yaml", ".args"
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo owned",))
+
+
+class PostTrainLinearQuantizer:
+    """Stands for a Distiller class outside the allow-list (saved under distiller's name)."""
+
+
+def save_distiller_with_quantizer(path):
+    """A Distiller-style legacy file whose quantizer_metadata pickles a Distiller class."""
+    mod = types.ModuleType("distiller.quantization")
+    PostTrainLinearQuantizer.__module__ = mod.__name__
+    mod.PostTrainLinearQuantizer = PostTrainLinearQuantizer
+    saved = {n: sys.modules.get(n) for n in ("distiller", "distiller.quantization")}
+    sys.modules.update({"distiller": types.ModuleType("distiller"), "distiller.quantization": mod})
+    try:
+        torch.save({"state_dict": create_model("simplenet_mnist").state_dict(), "arch": "simplenet_mnist",
+                    "epoch": 3, "optimizer_type": torch.optim.SGD,
+                    "quantizer_metadata": {"type": PostTrainLinearQuantizer, "params": {}}},
+                   path, _use_new_zipfile_serialization=False)
+    finally:
+        PostTrainLinearQuantizer.__module__ = __name__
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +70,14 @@ def files(tmp_path_factory):
     (d / "truncated.pth.tar").write_bytes(data[: len(data) // 3])
     torch.save({"state_dict": {}, "payload": Evil()}, d / "pickled.pth.tar")
     torch.save({"weights": torch.ones(3)}, d / "plain.pt")
-    return {"tmp": str(d), "empty_dir": str(d / "empty"), "ckpt_good": good,
+    save_distiller_with_quantizer(str(d / "distiller_quantizer.pth.tar"))
+    from hostile_data import make_bad_data   # dataset files for the 3xx cases
+    data_files = make_bad_data(d / "data")
+    return {**data_files, "tmp": str(d), "empty_dir": str(d / "empty"), "ckpt_good": good,
             "ckpt_thinned": str(d / "thinned.pth.tar"),
             "ckpt_truncated": str(d / "truncated.pth.tar"), "ckpt_pickled": str(d / "pickled.pth.tar"),
-            "ckpt_plain": str(d / "plain.pt")}
+            "ckpt_plain": str(d / "plain.pt"),
+            "ckpt_distiller_quantizer": str(d / "distiller_quantizer.pth.tar")}
 
 
 def test_the_corpus_is_big_enough():

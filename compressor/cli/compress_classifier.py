@@ -21,6 +21,7 @@ from torch import nn
 from .. import checkpoint as ckpt_io
 from .. import file_config, models
 from ..data import load_data
+from ..data.loaders import check_num_classes
 from ..distributed import ElasticDDP, init_from_env
 from ..errors import CompressorError
 from ..scheduler import CompressionScheduler
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         effective_train_size=args.effective_train_size, effective_valid_size=args.effective_valid_size,
         effective_test_size=args.effective_test_size, seed=seed, deterministic=args.deterministic,
         num_replicas=world, rank=env.rank if distributed else 0)
+    check_num_classes(train_loader, models.num_classes(model_dataset), args.arch, args.data)
 
     main_rank = not distributed or env.is_main
     run_dir = make_run_dir(args) if main_rank else None

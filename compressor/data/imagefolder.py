@@ -6,14 +6,16 @@ ones written here without torchvision: for training, a random resized crop (area
 3/4-4/3) to 224x224 and a horizontal flip with probability 1/2; for evaluation, a resize of the
 shorter side to 256 and a 224x224 centre crop; then scaling to [0, 1] and normalization with the
 ImageNet mean and std. A sample's randomness can be fixed by indexing with ``(index, seed)``, which
-the loaders do, so augmentation is reproducible whatever the number of worker processes.
+the loaders do, so augmentation is reproducible whatever the number of worker processes. The
+scan follows symbolic links but walks each real folder once, refuses a class folder without
+images, and error messages escape control characters in file names so they stay one line.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,6 +46,13 @@ def _flip(Image):
     return getattr(Image, "Transpose", Image).FLIP_LEFT_RIGHT
 
 
+def shown(path: str) -> str:
+    """``path`` fit for a one-line message: control characters and undecodable bytes (which
+    ``os`` gives back as lone surrogates) are written as escapes."""
+    return "".join(c if c.isprintable() and not "\ud800" <= c <= "\udfff" else
+                   repr(c)[1:-1] for c in path)
+
+
 def expected_image_folders(data_dir: str) -> str:
     return (f"expected {os.path.join(data_dir, 'train')}/<class>/<image> and "
             f"{os.path.join(data_dir, 'val')}/<class>/<image> "
@@ -60,26 +69,60 @@ def scan_class_folders(root: str, classes: Optional[Sequence[str]] = None
     try:
         found = sorted(e.name for e in os.scandir(root) if e.is_dir())
     except OSError as e:
-        raise DatasetError(f"cannot list image folder {root}: {e.strerror or e}") from None
+        raise DatasetError(f"cannot list image folder {shown(root)}: {e.strerror or e}") from None
     if classes is None:
         classes = found
     else:
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise DatasetError(f"{root} has class folders the training set lacks: "
-                               f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+            raise DatasetError(f"{shown(root)} has class folders the training set lacks: "
+                               f"{', '.join(shown(u) for u in unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     index = {name: i for i, name in enumerate(classes)}
     samples: List[Tuple[str, int]] = []
+    empty: List[str] = []
+    seen: Set[Tuple[int, int]] = set()  # (device, inode) of every folder walked, across classes
     for name in found:
-        folder = os.path.join(root, name)
-        for dirpath, _, files in sorted(os.walk(folder, followlinks=True)):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    samples.append((os.path.join(dirpath, f), index[name]))
+        before = len(samples)
+        _walk(os.path.join(root, name), index[name], samples, seen)
+        if len(samples) == before:
+            empty.append(name)
     if not samples:
-        raise DatasetError(f"no images in {root}: expected {root}/<class>/<image> "
+        raise DatasetError(f"no images in {shown(root)}: expected {shown(root)}/<class>/<image> "
                            f"({', '.join(IMAGE_EXTENSIONS)})")
+    if empty:
+        raise DatasetError(f"{shown(root)} has class folders without images: "
+                           f"{', '.join(shown(n) for n in empty[:5])}"
+                           f"{' ...' if len(empty) > 5 else ''} (every class needs at least one "
+                           f"{'/'.join(IMAGE_EXTENSIONS)} file, or remove the folder)")
     return tuple(classes), samples
+
+
+def _walk(folder: str, target: int, samples: List[Tuple[str, int]],
+          seen: Set[Tuple[int, int]]) -> None:
+    """Append ``(path, target)`` for the images under ``folder``, in sorted order.
+
+    Symbolic links are followed, but a folder already walked (the same device and inode, however it
+    was reached) is skipped, so a link loop or a link to a sibling cannot repeat samples.
+    """
+    try:
+        st = os.stat(folder)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise DatasetError(f"cannot list image folder {shown(folder)}: {e.strerror or e}"
+                           ) from None
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return
+    seen.add(key)
+    for e in entries:
+        try:
+            is_dir = e.is_dir()  # follows links; a dangling link is neither file nor folder
+        except OSError:
+            continue
+        if is_dir:
+            _walk(e.path, target, samples, seen)
+        elif e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+            samples.append((e.path, target))
 
 
 def random_resized_crop_box(width: int, height: int, rng: random.Random,
@@ -155,8 +198,9 @@ class ImageFolder(torch.utils.data.Dataset):
         try:
             with Image.open(path) as f:
                 img = f.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DatasetError(f"cannot read image {path}: {e}") from None
+        except Exception as e:  # Pillow's decoders raise many types (SyntaxError, struct.error..)
+            reason = shown(str(e)) or type(e).__name__
+            raise DatasetError(f"cannot read image {shown(path)}: {reason}") from None
         size = self.image_size
         if self.train:
             rng = random.Random(seed)
@@ -179,6 +223,7 @@ def find_image_folders(data_dir: str) -> Tuple[str, str]:
     if os.path.isdir(train) and os.path.isdir(val):
         return train, val
     missing = " and ".join(p for p in (train, val) if not os.path.isdir(p))
-    reason = " (no such directory)" if not os.path.isdir(data_dir) else f" ({missing} missing)"
-    raise DatasetError(f"image folders not found in {data_dir}{reason}: "
+    reason = (" (no such directory)" if not os.path.isdir(data_dir)
+              else f" ({shown(missing)} missing)")
+    raise DatasetError(f"image folders not found in {shown(data_dir)}{reason}: "
                        f"{expected_image_folders(data_dir)}")

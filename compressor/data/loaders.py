@@ -151,7 +151,20 @@ class FolderLoader(_SampledLoader):
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        return iter(self.loader)
+        return _one_line_errors(iter(self.loader))
+
+
+def _one_line_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """Pass batches through; a ``DatasetError`` raised in a DataLoader worker comes back wrapped
+    in the worker's whole traceback, so re-raise it as the worker's own one-line message."""
+    try:
+        yield from batches
+    except DatasetError as e:
+        lines = str(e).strip().splitlines()
+        if len(lines) <= 1:
+            raise
+        # The last line is "<module>.DatasetError: <message>"; messages themselves are one line.
+        raise DatasetError(lines[-1].split(": ", 1)[-1]) from None
 
 
 Loader = Union[InMemoryLoader, FolderLoader]
@@ -160,6 +173,16 @@ Loader = Union[InMemoryLoader, FolderLoader]
 def _check_batch_size(batch_size: int) -> None:
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise DatasetError(f"batch_size={batch_size!r} must be a positive integer")
+
+
+def check_num_classes(loader: _SampledLoader, outputs: int, model_name: str,
+                      data_dir: Optional[str]) -> None:
+    """``DatasetError`` when the data has more classes than the model has outputs: a label past the
+    last output would otherwise fail mid-epoch (fewer classes than outputs is fine)."""
+    if loader.num_classes > outputs:
+        raise DatasetError(f"the data in {data_dir} has {loader.num_classes} classes but "
+                           f"{model_name} has {outputs} outputs; use at most {outputs} class "
+                           f"folders, or a model with enough outputs")
 
 
 def dataset_name(dataset: str) -> str:
