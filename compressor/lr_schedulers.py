@@ -65,16 +65,28 @@ class MultiStepMultiGammaLR(torch_lr.LRScheduler):
             raise ComponentArgError("gammas", f"must be a list with one gamma per milestone "
                                     f"({len(milestones)}); got {gammas!r}")
         self.milestones = list(milestones)
-        self.multipliers = [1.0]
+        # multiplicative_gammas[i]: the factor in force after i milestones (Distiller's name).
+        self.multiplicative_gammas = [1.0]
         for g in gammas:
             if isinstance(g, bool) or not isinstance(g, (int, float)):
                 raise ComponentArgError("gammas", f"must be numbers; got {g!r}")
-            self.multipliers.append(self.multipliers[-1] * float(g))
+            self.multiplicative_gammas.append(self.multiplicative_gammas[-1] * float(g))
         super().__init__(optimizer, last_epoch)
+
+    @property
+    def multipliers(self) -> list:
+        """The former name of ``multiplicative_gammas``."""
+        return self.multiplicative_gammas
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        if "multipliers" in state:   # saved before the attribute took Distiller's name
+            state.setdefault("multiplicative_gammas", state.pop("multipliers"))
+        super().load_state_dict(state)
 
     def get_lr(self):
         idx = bisect_right(self.milestones, self.last_epoch)
-        return [base * self.multipliers[idx] for base in self.base_lrs]
+        return [base * self.multiplicative_gammas[idx] for base in self.base_lrs]
 
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> list:

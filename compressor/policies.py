@@ -85,6 +85,9 @@ class PruningPolicy(ScheduledTrainingPolicy):
         if self._configured:
             return
         self._configured = True
+        bind = getattr(self.pruner, "bind", None)   # a directly built pruner's '*' default
+        if bind is not None:
+            bind(store.params)
         for name in self.pruner.param_names:
             if self.forward_only:
                 store.set_forward_only(name, True)

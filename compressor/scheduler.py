@@ -12,13 +12,14 @@ which keeps pruned weights at exactly zero through momentum, weight decay and Ad
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping as MappingABC
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .masks import MaskStore
+from .masks import MaskStore, normalize_name
 from .policies import PolicyLoss, ScheduledTrainingPolicy
 
 
@@ -36,8 +37,59 @@ class _MaskerView:
     def mask(self, value: Optional[torch.Tensor]) -> None:
         self._store.set(self.param_name, value, intersect=False)
 
-    def apply_mask(self, param=None):
-        self._store.apply([self.param_name])
+    def apply_mask(self, param: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Mask ``param`` in place (Distiller's ``ParameterMasker.apply_mask``) and return it.
+
+        Without ``param``, or given the model's own parameter, the stored parameter is masked.
+        Any tensor of the parameter's shape may be passed: the mask is applied to that tensor.
+        """
+        mask = self.mask
+        if param is None or param is self._store.params[self.param_name]:
+            self._store.apply([self.param_name])
+            return self._store.params[self.param_name] if param is None else param
+        if mask is None:
+            return param
+        if tuple(param.shape) != tuple(mask.shape):
+            raise ValueError(f"apply_mask: tensor of shape {tuple(param.shape)} does not fit the "
+                             f"mask of {self.param_name!r}, shape {tuple(mask.shape)}")
+        with torch.no_grad():
+            param.mul_(mask.to(device=param.device, dtype=param.dtype))
+        return param
+
+
+class _MaskerDict(MappingABC):
+    """``zeros_mask_dict``: a read-only mapping of parameter name -> masker view.
+
+    Keys are the model's parameter names; lookups also accept DataParallel's ``module.``-prefixed
+    spelling (as schedules do), so code written against a wrapped Distiller model keeps working.
+    """
+
+    def __init__(self, store: MaskStore):
+        self._store = store
+        self._by_norm = {normalize_name(n): n for n in store.params}
+
+    def _resolve(self, name: str) -> str:
+        if name in self._store.params:
+            return name
+        if isinstance(name, str) and normalize_name(name) in self._by_norm:
+            return self._by_norm[normalize_name(name)]
+        raise KeyError(name)
+
+    def __getitem__(self, name: str) -> _MaskerView:
+        return _MaskerView(self._store, self._resolve(name))
+
+    def __contains__(self, name) -> bool:
+        try:
+            self._resolve(name)
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store.params)
+
+    def __len__(self) -> int:
+        return len(self._store.params)
 
 
 class CompressionScheduler:
@@ -49,6 +101,7 @@ class CompressionScheduler:
         self.policies: Dict[int, List[ScheduledTrainingPolicy]] = defaultdict(list)
         self.ordered: List[ScheduledTrainingPolicy] = []
         self.keys: List[str] = []
+        self.sched_metadata: Dict[ScheduledTrainingPolicy, dict] = {}
 
     # -- building ------------------------------------------------------------------------------
     def add_policy(self, policy: ScheduledTrainingPolicy, epochs: Optional[Sequence[int]] = None,
@@ -67,14 +120,24 @@ class CompressionScheduler:
         policy.epochs = sorted(set(int(e) for e in epochs))
         if not policy.epochs:
             raise ValueError("a policy needs at least one epoch")
+        # Distiller's record of when a policy acts; with an epochs list the range is
+        # [first, last + 1) and frequency is None, as in Distiller (issue #176).
+        if starting_epoch is not None:
+            meta = {"starting_epoch": starting_epoch, "ending_epoch": ending_epoch,
+                    "frequency": frequency}
+        else:
+            meta = {"starting_epoch": policy.epochs[0], "ending_epoch": policy.epochs[-1] + 1,
+                    "frequency": None}
+        self.sched_metadata[policy] = meta
         for epoch in policy.epochs:
             self.policies[epoch].append(policy)
         self.ordered.append(policy)
         self.keys.append(key or f"{len(self.ordered) - 1}:{type(policy).__name__}:{policy.name}")
 
     @property
-    def zeros_mask_dict(self) -> Dict[str, _MaskerView]:
-        return {name: _MaskerView(self.store, name) for name in self.store.params}
+    def zeros_mask_dict(self) -> Mapping[str, _MaskerView]:
+        """Distiller's ``zeros_mask_dict``: name (with or without ``module.``) -> masker view."""
+        return _MaskerDict(self.store)
 
     @property
     def masks(self) -> Dict[str, torch.Tensor]:

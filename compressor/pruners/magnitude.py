@@ -51,6 +51,9 @@ class _PerNamePruner(Pruner):
         if not isinstance(values, Mapping):
             raise ComponentArgError(self.arg_name, f"must map weight names to numbers; got {values!r}")
         self.values = {k: self.check_value(f"{self.arg_name}.{k}", v) for k, v in values.items()}
+        # A directly built pruner may keep Distiller's '*' key ("every other parameter"); the
+        # builder resolves it to names before construction, so this only serves ported code.
+        self.default: Optional[float] = self.values.pop("*", None)
 
     def check_value(self, key: str, value) -> float:
         return check_number(key, value)
@@ -58,6 +61,16 @@ class _PerNamePruner(Pruner):
     @property
     def param_names(self) -> List[str]:
         return list(self.values)
+
+    def bind(self, names) -> None:
+        """Give every name in ``names`` without an entry of its own the ``'*'`` value, if any."""
+        if self.default is not None:
+            for name in names:
+                self.values.setdefault(name, self.default)
+
+    def masks(self, params: Mapping[str, torch.Tensor], ctx: PruneContext) -> Dict[str, torch.Tensor]:
+        self.bind(params)   # with '*', every tensor passed in is pruned, as in Distiller
+        return super().masks({n: p for n, p in params.items() if n in self.values}, ctx)
 
 
 @PRUNERS.register
