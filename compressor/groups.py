@@ -19,6 +19,8 @@ name               rank        one group is                                     
 ``4D``             4           the whole tensor                                     1
 ``Rows``           2           input feature ``j``: stored column ``W[:, j]``       in, by j
 ``Cols``           2           output neuron ``i``: stored row ``W[i, :]``          out, by i
+``InputFeatures``  2           input feature ``j``: stored column ``W[:, j]``       in, by j
+``OutputNeurons``  2           output neuron ``i``: stored row ``W[i, :]``          out, by i
 ``Blocks``         any >= 2    a tile of shape ``block_shape`` (must divide the     row-major over
                                shape), e.g. ``[1, 8, 1, 1]`` = 8 consecutive        the tile grid
                                channels at one kernel position of one filter
@@ -31,6 +33,9 @@ neurons. So here ``Rows`` = one group per input feature (a stored column, dim 1 
 ``Cols`` = one group per output neuron (a stored row, dim 0 of ``W``). This is what Distiller's
 ranked structure pruner (Rows pruning of an FC layer removes input features) and its ``Rows (%)``
 / ``Cols (%)`` sparsity columns mean. On a 2D weight ``Channels`` is the same partition as ``Rows``.
+Distiller's own group-lasso regularizer and structure thresholding used the opposite (stored-matrix)
+meaning, so ``compressor.regularizers`` translates those two names for Distiller's sake; the
+unambiguous ``InputFeatures`` / ``OutputNeurons`` mean the same groups everywhere.
 
 Combined types (``Rows+Cols``, ``Channels+4D`` ...) overlap, so they are not partitions; this
 module only names them (``COMBINED_GROUP_TYPES``, ``split_group_type``) and checks that each part
@@ -48,7 +53,8 @@ import torch
 from .errors import ComponentArgError, listing, suggest
 
 # Canonical names; "3D" is Distiller's alias of "Filters".
-GROUP_TYPES: Tuple[str, ...] = ("2D", "3D", "4D", "Blocks", "Channels", "Cols", "Filters", "Rows")
+GROUP_TYPES: Tuple[str, ...] = ("2D", "3D", "4D", "Blocks", "Channels", "Cols", "Filters",
+                                "InputFeatures", "OutputNeurons", "Rows")
 GROUP_TYPE_ALIASES: Dict[str, str] = {"3D": "Filters"}
 
 # Overlapping combinations: the name -> its parts, each a partition type above.
@@ -73,7 +79,7 @@ def _fits(group_type: str, rank: int) -> bool:
         return rank >= 2
     if t in ("2D", "4D"):
         return rank == 4
-    if t in ("Rows", "Cols"):
+    if t in ("Rows", "Cols", "InputFeatures", "OutputNeurons"):
         return rank == 2
     return False
 
@@ -198,7 +204,8 @@ def _layout(shape: Tuple[int, ...], group_type: str, block_shape: Optional[Tuple
         return GroupLayout(shape, view, tuple(range(0, len(view), 2)))
     # Every partition type below leaves at least one dimension to reduce over (an empty dim tuple
     # would make torch reductions reduce over *all* dimensions).
-    dims = {"Filters": (0,), "Channels": (1,), "2D": (0, 1), "4D": (), "Rows": (1,), "Cols": (0,)}[t]
+    dims = {"Filters": (0,), "Channels": (1,), "2D": (0, 1), "4D": (), "Rows": (1,), "Cols": (0,),
+            "InputFeatures": (1,), "OutputNeurons": (0,)}[t]
     return GroupLayout(shape, shape, dims)
 
 

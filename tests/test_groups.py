@@ -108,19 +108,21 @@ def test_threshold_group_mask_zeroes_groups_at_or_below_the_threshold():
 # ---------------------------------------------------------------- names and validation
 
 def test_names_aliases_and_combinations():
-    assert set(GROUP_TYPES) == {"2D", "3D", "4D", "Blocks", "Channels", "Cols", "Filters", "Rows"}
+    assert set(GROUP_TYPES) == {"2D", "3D", "4D", "Blocks", "Channels", "Cols", "Filters",
+                                "InputFeatures", "OutputNeurons", "Rows"}
     assert canonical_group_type("3D") == "Filters" and canonical_group_type("Rows") == "Rows"
     assert split_group_type("Rows+Cols") == ("Rows", "Cols")
     assert split_group_type("4D+Channels") == ("4D", "Channels")
     assert split_group_type("2D") == ("2D",)
-    assert valid_group_types(2) == ["Blocks", "Channels", "Cols", "Rows"]
+    assert valid_group_types(2) == ["Blocks", "Channels", "Cols", "InputFeatures", "OutputNeurons", "Rows"]
     assert valid_group_types(3) == ["3D", "Blocks", "Channels", "Filters"]
     assert valid_group_types(4) == ["2D", "3D", "4D", "Blocks", "Channels", "Filters"]
     assert valid_group_types(1) == []
     assert valid_group_types(4, GROUP_TYPES + tuple(COMBINED_GROUP_TYPES)) == [
         "2D", "3D", "4D", "4D+Channels", "Blocks", "Channels", "Channels+4D", "Filters"]
     assert valid_group_types(2, GROUP_TYPES + tuple(COMBINED_GROUP_TYPES)) == [
-        "Blocks", "Channels", "Cols", "Cols+Rows", "Rows", "Rows+Cols"]
+        "Blocks", "Channels", "Cols", "Cols+Rows", "InputFeatures", "OutputNeurons", "Rows",
+        "Rows+Cols"]
 
 
 def test_unknown_group_type_suggests_and_lists():
@@ -143,7 +145,7 @@ def test_group_type_that_does_not_fit_the_rank():
                              r"\(8, 4, 3, 3\) \(rank 4\); valid for rank 4: "
                              r"2D, 3D, 4D, Blocks, Channels, Filters$"):
         check_group_type("Rows", (8, 4, 3, 3), "w", what="parameter 'conv.weight'")
-    with pytest.raises(ComponentArgError, match=r"valid for rank 2: Blocks, Channels, Cols, Rows$"):
+    with pytest.raises(ComponentArgError, match=r"valid for rank 2: Blocks, Channels, Cols, InputFeatures, OutputNeurons, Rows$"):
         check_group_type("Filters", (8, 4))
     with pytest.raises(ComponentArgError, match=r"does not fit a tensor of shape \(8,\) \(rank 1\); "
                                                 r"valid for rank 1: none"):

@@ -125,8 +125,10 @@ def test_group_lasso_conv_loss_by_hand(group_type, expected):
 
 
 @pytest.mark.parametrize("group_type, expected", [
-    ("Rows", 3 + 4 + 5),          # input features: stored columns [3,0], [4,0], [0,5]
-    ("Cols", 5 + 5),              # output neurons: stored rows [3,4,0], [0,0,5]
+    ("Rows", 5 + 5),              # Distiller's regularizer: stored rows [3,4,0], [0,0,5]
+    ("Cols", 3 + 4 + 5),          # Distiller's regularizer: stored columns [3,0], [4,0], [0,5]
+    ("OutputNeurons", 5 + 5),     # the unambiguous names of the same groups
+    ("InputFeatures", 3 + 4 + 5),
     ("Rows+Cols", 12 + 10),
     ("Cols+Rows", 12 + 10),
     ("Channels", 3 + 4 + 5),
@@ -150,7 +152,7 @@ def test_group_lasso_blocks_loss_by_hand():
 def test_group_lasso_sums_over_parameters_and_accepts_numeric_strings():
     reg = GroupLassoRegularizer("g", {"a": ["1e-1", "4D"], "b": (1, "Cols")})
     assert reg.loss({"a": conv_weight(), "b": fc_weight()}).item() == pytest.approx(
-        0.1 * math.sqrt(150) + 10)
+        0.1 * math.sqrt(150) + 12)
 
 
 def test_group_lasso_gradient_flows_and_is_zero_safe():
@@ -212,11 +214,16 @@ def test_group_lasso_threshold_max_and_mean_abs_by_hand():
 
 
 def test_group_lasso_threshold_on_linear_rows_and_cols():
-    w = fc_weight()     # stored columns (Rows) max 3, 4, 5; stored rows (Cols) max 4, 5
-    rows = GroupLassoRegularizer("g", {"w": [3.5, "Rows"]}, "Max").threshold_masks({"w": w})["w"]
-    assert rows.tolist() == [[False, True, True], [False, True, True]]
-    cols = GroupLassoRegularizer("g", {"w": [4.5, "Cols"]}, "Max").threshold_masks({"w": w})["w"]
-    assert cols.tolist() == [[False, False, False], [True, True, True]]
+    w = fc_weight()     # stored rows (Rows) max 4, 5; stored columns (Cols) max 3, 4, 5
+    rows = GroupLassoRegularizer("g", {"w": [4.5, "Rows"]}, "Max").threshold_masks({"w": w})["w"]
+    assert rows.tolist() == [[False, False, False], [True, True, True]]
+    cols = GroupLassoRegularizer("g", {"w": [3.5, "Cols"]}, "Max").threshold_masks({"w": w})["w"]
+    assert cols.tolist() == [[False, True, True], [False, True, True]]
+    for ours, distillers in (("OutputNeurons", "Rows"), ("InputFeatures", "Cols")):
+        for lam in (3.5, 4.5):
+            a = GroupLassoRegularizer("g", {"w": [lam, ours]}, "Max").threshold_masks({"w": w})
+            b = GroupLassoRegularizer("g", {"w": [lam, distillers]}, "Max").threshold_masks({"w": w})
+            assert torch.equal(a["w"], b["w"])
 
 
 @settings(max_examples=60, deadline=None)
@@ -246,7 +253,8 @@ def test_thresholding_unsupported_group_types_raise():
         with pytest.raises(ComponentArgError, match=rf"^reg_regims\.w: group type '{re.escape(gtype)}' "
                                                     r"cannot be thresholded \(threshold_criteria is "
                                                     r"'Max'\); valid with thresholding: 2D, 3D, Blocks, "
-                                                    r"Channels, Cols, Filters, Rows, "
+                                                    r"Channels, Cols, Filters, InputFeatures, "
+                                                    r"OutputNeurons, Rows, "
                                                     r"or threshold_criteria: null"):
             GroupLassoRegularizer("g", {"w": [0.1, gtype]}, threshold_criteria="Max")
     # without a criterion they are fine
@@ -298,7 +306,8 @@ def test_group_lasso_check_errors_name_the_parameter_shape_and_valid_types():
         GroupLassoRegularizer("g", {"layer1.conv.weight": [0.1, "Rows"]}).check(conv)
     with pytest.raises(ComponentArgError, match=r"group type 'Channels\+4D' does not fit parameter 'fc' "
                                                 r"of shape \(2, 3\) \(rank 2\); valid for rank 2: Blocks, "
-                                                r"Channels, Cols, Cols\+Rows, Rows, Rows\+Cols$"):
+                                                r"Channels, Cols, Cols\+Rows, InputFeatures, OutputNeurons, Rows, "
+                                                r"Rows\+Cols$"):
         GroupLassoRegularizer("g", {"fc": [0.1, "Channels+4D"]}).check({"fc": fc_weight()})
     with pytest.raises(ComponentArgError, match=r"block_shape \[1, 8, 1, 1\] does not divide parameter "
                                                 r"'layer1\.conv\.weight' of shape \(8, 4, 3, 3\)"):

@@ -4,6 +4,13 @@
 the parts of a combined type such as ``Rows+Cols``) and, with a ``threshold_criteria``, zeroes the
 groups whose Max or Mean_Abs statistic is at or below ``λ``. This module also holds the parsing of
 ``reg_regims`` values that the other regularizers share.
+
+``Rows`` and ``Cols`` here mean what they meant in Distiller's group-lasso code and thresholding:
+``Rows`` = one group per stored row ``W[i, :]`` of a 2D weight (an output neuron of a ``Linear``),
+``Cols`` = one group per stored column ``W[:, j]`` (an input feature). That is the opposite of the
+transposed-GEMM naming ``compressor.groups`` (and Distiller's ranked pruners and sparsity tables)
+use, so a Distiller SSL schedule penalizes the same weights here as there. The unambiguous
+``OutputNeurons`` / ``InputFeatures`` mean the same groups in every component.
 """
 from __future__ import annotations
 
@@ -20,6 +27,16 @@ from ..groups import (COMBINED_GROUP_TYPES, GROUP_TYPES, check_group_type, group
                       validate_group_type_name)
 from ..registry import REGULARIZERS
 from .base import Regularizer
+
+# Distiller's regularizer named a 2D weight's groups by the stored matrix; groups.py names them by
+# the transposed GEMM operand. These are the groups.py types the regularizer's names stand for.
+REGULARIZER_2D_GROUP_TYPES: Dict[str, str] = {"Rows": "OutputNeurons", "Cols": "InputFeatures"}
+
+
+def regularizer_group_parts(group_type: str) -> Tuple[str, ...]:
+    """The ``compressor.groups`` partition types a regularizer's group type adds up."""
+    return tuple(REGULARIZER_2D_GROUP_TYPES.get(p, p) for p in split_group_type(group_type))
+
 
 # Distiller's threshold criteria names -> the groups.py statistic they use.
 THRESHOLD_CRITERIA: Dict[str, str] = {"Max": "max", "Mean_Abs": "mean_abs"}
@@ -166,7 +183,9 @@ class GroupLassoRegularizer(Regularizer):
 
     ``reg_regims: {param: [λ, group_type]}``, or ``[λ, 'Blocks', block_shape]``, or
     ``{strength, group_type, block_shape}``. Group types are those of ``compressor.groups``
-    (``2D``, ``Filters``/``3D``, ``Channels``, ``4D``, ``Rows``, ``Cols``, ``Blocks``) plus the
+    (``2D``, ``Filters``/``3D``, ``Channels``, ``4D``, ``Blocks``, ``InputFeatures``,
+    ``OutputNeurons``), with ``Rows`` = ``OutputNeurons`` (stored rows ``W[i, :]``) and ``Cols`` =
+    ``InputFeatures`` (stored columns ``W[:, j]``) as in Distiller's regularizer, plus the
     overlapping sums ``Rows+Cols``/``Cols+Rows`` and ``Channels+4D``/``4D+Channels`` (the penalty of
     each part, added). ``threshold_criteria`` ``'Max'`` or ``'Mean_Abs'`` makes ``threshold_masks``
     zero every group whose max |w| or mean |w| is ≤ λ; it is supported for the partition types
@@ -174,7 +193,8 @@ class GroupLassoRegularizer(Regularizer):
     """
 
     GROUP_TYPES: Tuple[str, ...] = GROUP_TYPES + tuple(COMBINED_GROUP_TYPES)
-    THRESHOLD_GROUP_TYPES: Tuple[str, ...] = ("2D", "3D", "Blocks", "Channels", "Cols", "Filters", "Rows")
+    THRESHOLD_GROUP_TYPES: Tuple[str, ...] = ("2D", "3D", "Blocks", "Channels", "Cols", "Filters",
+                                              "InputFeatures", "OutputNeurons", "Rows")
 
     def __init__(self, name: str, reg_regims: Mapping, threshold_criteria: Optional[str] = None):
         super().__init__(name, parse_regims_mapping(reg_regims), threshold_criteria)
@@ -199,7 +219,7 @@ class GroupLassoRegularizer(Regularizer):
         total = None
         for p, r in self.regimes.items():
             w = require_param(params, p, type(self).__name__)
-            for part in split_group_type(r.group_type):
+            for part in regularizer_group_parts(r.group_type):
                 term = group_norms(w, part, "l2", block_shape=r.block_shape).sum() * r.strength
                 total = term if total is None else total + term
         return total if total is not None else _zero_like(params, self.regimes)
@@ -208,7 +228,8 @@ class GroupLassoRegularizer(Regularizer):
         if self.threshold_criteria is None:
             return {}
         stat = THRESHOLD_CRITERIA[self.threshold_criteria]
-        return {p: threshold_group_mask(require_param(params, p, type(self).__name__), r.group_type,
+        return {p: threshold_group_mask(require_param(params, p, type(self).__name__),
+                                        regularizer_group_parts(r.group_type)[0],
                                         r.strength, stat, block_shape=r.block_shape)
                 for p, r in self.regimes.items()}
 
