@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -68,6 +69,9 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     except pickle.UnpicklingError as e:
         lines = str(e).strip().splitlines()
         named = next((line.strip() for line in lines if "GLOBAL" in line), "")
+        found = re.search(r"GLOBAL ([\w.]+)", named)
+        if found:   # just the name: torch's advice to allow-list it is not advice for our users
+            named = f"it names {found.group(1)}"
         if not named:   # not a pickle of objects: bytes that are no checkpoint at all
             raise CheckpointError(f"{path}: damaged or not a checkpoint (not a torch.save file)") from None
         raise CheckpointError(

@@ -7,7 +7,7 @@ import os
 import random
 import sys
 import time
-from typing import Optional
+from typing import List, Optional
 
 import pandas as pd
 import torch
@@ -18,6 +18,29 @@ from ..errors import CompressorError
 
 log = logging.getLogger("compressor.app")
 
+# warnings found before logging is set up (argument checks, device choice); setup_logging logs them
+_pending_warnings: List[str] = []
+
+
+def defer_warning(message: str) -> None:
+    """Log ``message`` as a warning once ``setup_logging`` has configured the console and log file."""
+    _pending_warnings.append(message)
+
+
+def _deprecated_resume(args: argparse.Namespace) -> None:
+    """Distiller's ``--resume P``: ``--resume-from P --reset-optimizer``, with a warning."""
+    path = getattr(args, "deprecated_resume", None)
+    if not path:
+        return
+    if args.resume_from or args.exp_load_weights_from:
+        raise UsageError("--resume cannot be used with --resume-from or --exp-load-weights-from")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume: file not found: {path}")
+    defer_warning("--resume is deprecated (as in Distiller): it means --resume-from PATH "
+                  "--reset-optimizer (weights and masks, a new optimizer, epoch 0); use "
+                  "--resume-from PATH to continue a run")
+    args.resume_from, args.reset_optimizer, args.deprecated_resume = path, True, None
+
 
 class UsageError(CompressorError):
     """A bad combination of command-line options."""
@@ -27,6 +50,8 @@ def check_args(args: argparse.Namespace) -> None:
     def need(cond, message):
         if not cond:
             raise UsageError(message)
+    _pending_warnings.clear()   # from an earlier run in this process that failed before logging
+    _deprecated_resume(args)
     need(args.epochs >= 0, f"--epochs must be >= 0; got {args.epochs}")
     need(args.batch_size >= 1, f"--batch-size must be >= 1; got {args.batch_size}")
     need(args.lr > 0, f"--lr must be > 0; got {args.lr}")
@@ -56,8 +81,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def pick_device(args) -> torch.device:
     if args.cpu or not torch.cuda.is_available():
-        if args.gpus and not args.cpu:
-            raise UsageError(f"--gpus {args.gpus}: no GPU is available here; use --cpu")
+        if args.gpus and not args.cpu:   # Distiller fell back to the CPU; its command lines say --gpus 0
+            defer_warning(f"--gpus {args.gpus}: no GPU is available here; running on the CPU")
         return torch.device("cpu")
     if args.gpus:
         try:
@@ -112,6 +137,8 @@ def setup_logging(verbose: bool, logfile: Optional[str] = None, quiet: bool = Fa
         fh.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
         root.addHandler(fh)
     root.propagate = False
+    while _pending_warnings:
+        log.warning("Warning: %s", _pending_warnings.pop(0))
 
 
 def make_optimizer(args, model: nn.Module):

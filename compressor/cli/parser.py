@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("checkpoints and resuming")
     g.add_argument("--resume-from", metavar="PATH",
                    help="continue a run from its checkpoint: weights, optimizer, schedule state, epoch")
+    g.add_argument("--resume", dest="deprecated_resume", metavar="PATH", default=None,
+                   help=argparse.SUPPRESS)   # Distiller's deprecated flag; see common.check_args
     g.add_argument("--exp-load-weights-from", metavar="PATH",
                    help="start from a checkpoint's weights only (new optimizer, epoch 0)")
     g.add_argument("--reset-optimizer", action="store_true",
