@@ -652,3 +652,199 @@ def test_image_folder_bad_image(tmp_path):
     ds = ImageFolder(str(tmp_path / "val"), train=False)
     with pytest.raises(DatasetError, match=rf"cannot read image {re.escape(str(bad))}"):
         ds[0]
+
+
+# ---------------------------------------------------------------- hostile and odd input
+
+from hostile_data import (bytearray_bomb, cifar_folder, class_folders, idx_header,  # noqa: E402
+                          mnist_folder, mnist_gzip_bomb, write_gzip_stream)
+
+
+def test_gzip_bomb_is_refused_without_inflating(tmp_path):
+    import tracemalloc
+    folder = mnist_gzip_bomb(tmp_path)   # claims 3.1 GB, inflates to 64 MiB, ~64 KB on disk
+    bomb = folder / "train-images-idx3-ubyte.gz"
+    assert bomb.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=r"claims shape \(4000000, 28, 28\), 3136000000 "
+                                               r"bytes of data, more than a \d+-byte gzip file "
+                                               r"can hold .*: refusing to read it"):
+            load_mnist(str(folder))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Only the 16-byte header is inflated; gzip's buffers are tens of KB. Inflating even the 64 MiB
+    # that the file really holds would exceed this bound by 16x.
+    assert peak < 4 << 20, peak
+
+
+def test_idx_size_cap_and_trailing_data_in_gzip(tmp_path):
+    import tracemalloc
+    path = tmp_path / "x-idx1-ubyte.gz"
+    # Honest about its size relative to the file, but above a stated cap.
+    write_gzip_stream(path, idx_header(0x08, (5000,)), 5000)
+    with pytest.raises(DatasetError, match=r"5000 bytes of data, more than the limit of 4096: "
+                                           r"refusing to read it"):
+        read_idx(str(path), max_bytes=4096)
+    assert read_idx(str(path)).shape == (5000,)
+    # Claims 7840 bytes, inflates to 64 MiB: read the 7840 and one more, then stop.
+    write_gzip_stream(path, idx_header(0x08, (10, 28, 28)), 64 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=r"is longer than its header says: shape "
+                                               r"\(10, 28, 28\) needs 7840 bytes of data, file "
+                                               r"has more than 7840"):
+            read_idx(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+    # A gzip stream that ends early is truncated, and says how much it had.
+    write_gzip_stream(path, idx_header(0x08, (100,)), 60)
+    with pytest.raises(DatasetError, match=r"is truncated: shape \(100,\) needs 100 bytes of "
+                                           r"data, file has 60"):
+        read_idx(str(path))
+
+
+def test_mnist_empty_splits_and_odd_headers(tmp_path):
+    for n_train, n_test, which in ((0, 4, "train-images"), (8, 0, "t10k-images")):
+        d = mnist_folder(tmp_path / f"{n_train}_{n_test}", n_train=n_train, n_test=n_test)
+        with pytest.raises(DatasetError, match=rf"{which}-idx3-ubyte holds no images; MNIST's "
+                                               rf"(train|test) set needs at least one"):
+            load_mnist(str(d))
+    d = mnist_folder(tmp_path / "i4")
+    (d / "t10k-images-idx3-ubyte").write_bytes(idx_header(0x0C, (4, 28, 28)) + bytes(4 * 784 * 4))
+    with pytest.raises(DatasetError, match=r"wrong IDX header for MNIST: expected magic number "
+                                           r"2051 \(uint8, 3 dimensions\), got int32"):
+        load_mnist(str(d))
+    (d / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x07\x03" + bytes(20))
+    with pytest.raises(DatasetError, match=r"is not an IDX file: bad magic number 0x00000703"):
+        load_mnist(str(d))
+
+
+def test_cifar_allocation_bombs_are_refused(tmp_path):
+    import tracemalloc
+    bomb = tmp_path / "bomb"
+    raw = bytearray_bomb()
+    assert len(raw) < 64
+    bomb.write_bytes(raw)
+    with pytest.raises(DatasetError, match=r"cannot unpickle .*bomb: refusing a bytearray of "
+                                           r"1099511627776 bytes: more than the file could hold"):
+        safe_unpickle(str(bomb))
+    from hostile_data import _Reduce
+    from numpy._core.multiarray import _reconstruct
+    hostile = [
+        (_Reduce(_reconstruct, (np.ndarray, (1 << 20, 1 << 20), b"b")), "an array of 1099511627776"),
+        (_Reduce(np.ndarray, ((1 << 40,),)), "an array of 8796093022208"),
+        # Each call alone fits the budget; together they would not (the budget is per file).
+        ([_Reduce(bytearray, (1 << 19,)) for _ in range(8)], "a bytearray of 524288"),
+    ]
+    tracemalloc.start()
+    try:
+        for obj, what in hostile:
+            bomb.write_bytes(pickle.dumps(obj, protocol=2))
+            with pytest.raises(DatasetError, match=rf"refusing {what} bytes"):
+                safe_unpickle(str(bomb))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The budget is the file's size plus 1 MiB, so nothing can take much more than that.
+    assert peak < 8 << 20, peak
+    bomb.write_bytes(pickle.dumps(np.array([1, None], dtype=object), protocol=2))
+    with pytest.raises(DatasetError, match="refusing numpy dtype object: only arrays of plain "
+                                           "numbers"):
+        safe_unpickle(str(bomb))
+    bomb.write_bytes(pickle.dumps(_Reduce(codecs_encode(), ("x" * 100, "zlib")), protocol=2))
+    with pytest.raises(DatasetError, match="refusing _codecs.encode with encoding 'zlib'"):
+        safe_unpickle(str(bomb))
+    # Plain data and arrays still load, bytearrays included.
+    bomb.write_bytes(pickle.dumps({"a": bytearray(b"xyz"), "b": np.arange(5)}, protocol=2))
+    got = safe_unpickle(str(bomb))
+    assert got["a"] == bytearray(b"xyz") and np.array_equal(got["b"], np.arange(5))
+
+
+def codecs_encode():
+    import _codecs
+    return _codecs.encode
+
+
+def test_cifar_label_and_data_checks(tmp_path):
+    cases = {
+        "strings": (dict(labels=["cat", "dog", "cat", "dog"]),
+                    r"'labels' is <U3 \(4,\), expected integers 0-9"),
+        "floats": (dict(labels=[0.5, 1.0, 2.0, 3.0]), r"'labels' is float64 \(4,\)"),
+        "ragged": (dict(labels=[[0], [1, 2], 3, 4]), r"'labels' is not an array"),
+        "short": (dict(data=np.zeros((4, 3000), np.uint8)), r"'data' is uint8 \(4, 3000\)"),
+        "count": (dict(labels=[0, 1, 2]), r"has 4 images but 3 labels"),
+        "range": (dict(labels=[0, 1, 2, -1]), r"has labels outside 0-9"),
+        "empty": (dict(labels=[], data=np.zeros((0, 3072), np.uint8)), r"holds no images"),
+    }
+    for name, (overrides, message) in cases.items():
+        d = cifar_folder(tmp_path / name, **overrides)
+        with pytest.raises(DatasetError, match=rf"test_batch (is not a CIFAR-10 batch: )?"
+                                               rf"{message}"):
+            load_cifar10(str(d))
+    d = cifar_folder(tmp_path / "meta")
+    (d / "batches.meta").write_bytes(pickle.dumps({"label_names": 7}))
+    with pytest.raises(DatasetError, match=r"batches.meta: 'label_names' must be a list of 10 "
+                                           r"strings"):
+        load_cifar10(str(d))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="symlinks")
+def test_symlink_loops_and_repeats_are_walked_once(tmp_path):
+    root = class_folders(tmp_path, ["cat", "dog"], images=2)
+    cat = root / "train" / "cat"
+    (cat / "sub").mkdir()
+    (cat / "sub" / "x.png").write_bytes(b"")
+    os.symlink("..", cat / "sub" / "loop")           # cat/sub/loop -> cat: a cycle
+    os.symlink(str(cat / "sub"), root / "train" / "dog" / "again")   # cat/sub seen again
+    _, samples = scan_class_folders(str(root / "train"))
+    real = [os.path.realpath(p) for p, _ in samples]
+    assert len(real) == len(set(real)) == 5
+    assert sorted(t for _, t in samples) == [0, 0, 0, 1, 1]
+
+
+def test_empty_class_folder_and_odd_names(tmp_path):
+    root = class_folders(tmp_path, ["cat", "dog"])
+    (root / "train" / "dog" / "0.png").unlink()
+    (root / "train" / "dog" / "readme.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match=r"train has class folders without images: dog "
+                                           r"\(every class needs at least one"):
+        scan_class_folders(str(root / "train"))
+    (root / "train" / "dog" / "a\nb.png").write_bytes(b"")
+    classes, samples = scan_class_folders(str(root / "train"))
+    assert len(samples) == 2
+    if HAVE_PIL:
+        ds = ImageFolder(str(root / "train"), train=False)
+        with pytest.raises(DatasetError) as e:
+            ds[1]
+        assert "\n" not in str(e.value) and r"a\nb.png" in str(e.value)
+
+
+def test_check_num_classes(tmp_path):
+    from compressor.data.loaders import check_num_classes
+    train, _, _ = load_data("mnist", str(mnist_folder(tmp_path)), 4, validation_split=0.0)
+    check_num_classes(train, 10, "lenet5", "d")
+    check_num_classes(train, 1000, "resnet18", "d")   # fewer classes than outputs is fine
+    with pytest.raises(DatasetError, match=r"the data in d has 10 classes but tiny has 5 outputs; "
+                                           r"use at most 5 class folders"):
+        check_num_classes(train, 5, "tiny", "d")
+
+
+@pytest.mark.skipif(not HAVE_PIL, reason="Pillow not installed")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_image_is_one_line_in_loader_and_app(tmp_path, workers, capsys):
+    root = class_folders(tmp_path / "data", ["cat", "dog"], content=b"not a png")
+    train, _, _ = load_data("imagenet", str(root), 2, workers=workers, validation_split=0.0,
+                            seed=0)
+    with pytest.raises(DatasetError) as e:
+        next(iter(train))
+    assert re.fullmatch(r"cannot read image .*/train/(cat|dog)/0\.png: .+", str(e.value))
+    from compressor.cli.compress_classifier import main
+    code = main(["--arch", "resnet18", str(root), "-b", "2", "-j", str(workers), "--epochs", "1",
+                 "-o", str(tmp_path / "out"), "--cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert re.search(r"error: cannot read image .*0\.png", err[0])

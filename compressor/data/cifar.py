@@ -55,6 +55,8 @@ _ALLOWED_BUILTINS = {
     ("builtins", "bytearray"), ("builtins", "set"), ("builtins", "frozenset"),
     ("builtins", "complex"), ("__builtin__", "bytearray"), ("__builtin__", "set"),
     ("__builtin__", "frozenset"), ("__builtin__", "complex"),
+    # protocol 2 writes an empty bytes object (e.g. an empty array's data) as bytes().
+    ("builtins", "bytes"), ("__builtin__", "bytes"),
     # Python 3 writes bytes as _codecs.encode(str, 'latin1') under pickle protocols 0-2.
     ("_codecs", "encode"),
 }
@@ -117,8 +119,8 @@ class SafeUnpickler(pickle.Unpickler):
             import _codecs
             if module == "_codecs":
                 return self._encode
-            if name == "bytearray":
-                return self._bytearray
+            if name in ("bytearray", "bytes"):
+                return self._sized(getattr(builtins, name))
             return getattr(builtins, name)
         raise pickle.UnpicklingError(f"refusing to load global '{module}.{name}'")
 
@@ -155,10 +157,12 @@ class SafeUnpickler(pickle.Unpickler):
                                          f"numbers are allowed")
         return dtype
 
-    def _bytearray(self, *args: Any) -> bytearray:
-        if args and isinstance(args[0], int):
-            self._charge(args[0], "a bytearray")
-        return bytearray(*args)
+    def _sized(self, kind: type) -> Any:
+        def build(*args: Any) -> Any:  # bytes(n) and bytearray(n) allocate n zero bytes
+            if args and isinstance(args[0], int):
+                self._charge(args[0], f"a {kind.__name__}")
+            return kind(*args)
+        return build
 
     @staticmethod
     def _encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
