@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from compressor.thinning import contract_model, remove_channels, remove_filters
-from test_thinning import (assert_same_function, n_params, one_thread,  # noqa: F401 (fixture)
+from test_thinning import (assert_same_function, exact, n_params, one_thread,  # noqa: F401 (fixtures)
                            randomize_bn, zero_structures)
 
 
