@@ -108,3 +108,57 @@ def test_input_shape_inconsistent_with_the_extension_or_argument():
     with pytest.raises(ScheduleError, match=r"input_shape: input_shape \[1, 13, 17\] disagrees with the "
                                             r"example input passed to the builder"):
         dict_config(model(), None, schedule(input_shape=[1, 13, 17]), example_input=(1, 12, 17))
+
+
+class CatDepthwise(nn.Module):
+    """Two convolutions concatenated, then a depthwise conv (with its batch norm) over the
+    concatenation; fc fixes the input at 1x13x17, which no usual image size matches."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(1, 4, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn = nn.BatchNorm2d(8)
+        self.pw = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6 * 13 * 17, 5)
+
+    def forward(self, x):
+        x = torch.cat([self.a(x), self.b(x)], 1)
+        x = torch.relu(self.pw(torch.relu(self.bn(self.dw(x)))))
+        return self.fc(torch.flatten(x, 1))
+
+
+CAT_SCHEDULE = {
+    "pruners": {"f": {"class": "L1RankedStructureParameterPruner", "group_type": "Filters",
+                      "desired_sparsity": 0.5, "weights": ["a.weight", "b.weight"]}},
+    "policies": [{"pruner": {"instance_name": "f"}, "epochs": [0]}],
+}
+
+
+@pytest.mark.parametrize("top_level_key", [True, False])
+def test_depthwise_after_concatenation_is_coupled_and_thinned_exactly(top_level_key):
+    torch.manual_seed(0)
+    m = CatDepthwise().double()
+    x = torch.randn(3, 1, 13, 17, dtype=torch.float64)
+    sched = dict(CAT_SCHEDULE, input_shape=[1, 13, 17]) if top_level_key else CAT_SCHEDULE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no "filter coupling not found"
+        scheduler = dict_config(m, None, sched)
+        scheduler.on_epoch_begin(0)
+        m(x)                             # without the key, the first batch brings the shape
+    unit = scheduler.ordered[0].pruner.units[0]
+    assert unit.members == ["a.weight", "b.weight", "dw.weight"]
+    assert unit.index == {"a.weight": [0, 1, 2, 3], "b.weight": [4, 5, 6, 7], "dw.weight": list(range(8))}
+    dead = {n: scheduler.masks[n].flatten(1).sum(1) == 0 for n in unit.members}
+    assert int(dead["dw.weight"].sum()) == 4   # half of the 8 concatenated channels
+    assert torch.equal(dead["dw.weight"], torch.cat([dead["a.weight"], dead["b.weight"]]))
+    assert torch.equal(scheduler.masks["bn.weight"] == 0, dead["dw.weight"])
+    m.eval()
+    with torch.no_grad():
+        masked = m(x)
+    assert remove_filters(m, store=scheduler).changed
+    assert m.dw.out_channels == 4 and m.bn.num_features == 4 and m.pw.in_channels == 4
+    assert m.a.out_channels + m.b.out_channels == 4
+    with torch.no_grad():   # float64, removed channels exactly 0: equal up to re-ordered sums
+        assert torch.allclose(m(x), masked, rtol=0, atol=1e-12)

@@ -32,11 +32,38 @@ class Unit:
     members: List[str]      # every weight that gets the unit's structure mask
     scored: List[str]       # the weights whose criterion scores are summed to rank the structures
     target_name: str        # the listed weight whose target sparsity the unit follows
+    #: For members coupled only in part (a depthwise conv after a concatenation): {member: the
+    #: unit's structure position of each of its filters}; None when all members share positions.
+    index: Optional[Dict[str, List[int]]] = None
+
+    def width(self, n_first: int) -> int:
+        """The number of structures ranked together (``n_first``: the first member's count)."""
+        return n_first if self.index is None else 1 + max(max(v) for v in self.index.values())
 
 
 # Per model: (parameter names and shapes, groups). Tracing and shape propagation take seconds, and
 # a schedule usually builds several pruners over one model; a changed model (thinned) misses.
 _GROUPS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _coupling(model: nn.Module):
+    """(groups, partly coupled classes) from one analysis of the model's graph, cached; None when
+    the thinning module is not there."""
+    try:
+        from ..thinning import analyze_graph as find
+    except ImportError:
+        return None
+    inner = unwrap(model)
+    example = example_input_of(model)
+    signature = (example,) + tuple((n, tuple(p.shape)) for n, p in inner.named_parameters())
+    cached = _GROUPS_CACHE.get(inner)
+    if cached is not None and cached[0] == signature and cached[1] is find:
+        return cached[2]
+    g = find(inner, example)
+    order = [n for n, _ in inner.named_parameters()]
+    found = (g.coupled_groups(order), g.coupled_classes(order))
+    _GROUPS_CACHE[inner] = (signature, find, found)
+    return found
 
 
 def coupled_filter_groups(model: nn.Module) -> Optional[List[List[str]]]:
@@ -45,19 +72,14 @@ def coupled_filter_groups(model: nn.Module) -> Optional[List[List[str]]]:
     Shapes are followed from the model's example input (``compressor.example_input``: the
     schedule's ``input_shape`` or the first batch seen), else from the usual image sizes.
     """
-    try:
-        from ..thinning import coupled_filter_groups as find
-    except ImportError:
-        return None
-    inner = unwrap(model)
-    example = example_input_of(model)
-    signature = (example,) + tuple((n, tuple(p.shape)) for n, p in inner.named_parameters())
-    cached = _GROUPS_CACHE.get(inner)
-    if cached is not None and cached[0] == signature and cached[1] is find:
-        return [list(g) for g in cached[2]]
-    groups = [list(g) for g in find(inner, example)]
-    _GROUPS_CACHE[inner] = (signature, find, groups)
-    return [list(g) for g in groups]
+    found = _coupling(model)
+    return None if found is None else [list(g) for g in found[0]]
+
+
+def coupled_filter_classes(model: nn.Module) -> List[Dict[str, List[int]]]:
+    """Filters coupled in part (``thinning.coupled_filter_classes``); [] without thinning."""
+    found = _coupling(model)
+    return [] if found is None else [{k: list(v) for k, v in c.items()} for c in found[1]]
 
 
 def _lacks_input(error: Exception) -> bool:
@@ -84,25 +106,36 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
     weights = list(weights)
     if dependency == "Leader":
         return [Unit(weights, [weights[0]], weights[0])]
-    groups = None
+    groups, classes = None, []
     if couple_filters and dependency is None and model is not None:
         try:
             groups = coupled_filter_groups(model)
+            classes = coupled_filter_classes(model)
         except CompressorError as e:
             if defer and _lacks_input(e):
                 return None
             warnings.warn(f"filter coupling not found, listed weights are pruned independently: {e}",
                           stacklevel=3)
-    if not groups:
+    if not groups and not classes:
         return [Unit([w], [w], w) for w in weights]
     by_norm = {normalize_name(n): n for n in param_order}
+    order = {n: i for i, n in enumerate(param_order)}
+    units, done = [], set()
+    for index in classes:   # groups coupled in part cover their identically coupled members too
+        real = {by_norm[normalize_name(str(n))]: v for n, v in index.items()
+                if normalize_name(str(n)) in by_norm}
+        listed = [w for w in weights if w in real]
+        if not listed or len(real) != len(index):
+            continue
+        ordered = sorted(real, key=lambda n: order.get(n, len(order)))
+        units.append(Unit(ordered, ordered, listed[0], {n: real[n] for n in ordered}))
+        done |= set(real)
+    groups = groups or []
     partner: Dict[str, set] = {}
     for group in groups:
         real = {by_norm[normalize_name(str(n))] for n in group if normalize_name(str(n)) in by_norm}
         for n in real:
             partner.setdefault(n, set()).update(real)
-    order = {n: i for i, n in enumerate(param_order)}
-    units, done = [], set()
     for w in weights:
         if w in done:
             continue

@@ -264,6 +264,13 @@ class RankedStructurePruner(Pruner):
                                                            f"'{unit.target_name}' but: {e.reason}") from None
             counts = {m: self.granularity.n_groups(params[m].shape) for m in unit.members}
             first = unit.members[0]
+            if unit.index is not None:   # coupled in part: each member maps its own filters
+                for m, c in counts.items():
+                    if c != len(unit.index[m]):
+                        raise ComponentArgError("weights", f"'{m}' {tuple(params[m].shape)} has {c} "
+                                                           f"filters but its graph has "
+                                                           f"{len(unit.index[m])} output channels")
+                continue
             for m, c in counts.items():
                 if c != counts[first]:
                     key = "group_dependency" if self.group_dependency == "Leader" else "weights"
@@ -289,14 +296,15 @@ class RankedStructurePruner(Pruner):
         out: Dict[str, torch.Tensor] = {}
         for unit in self.units:
             fraction = self.target(unit.target_name, ctx)
-            n = self.granularity.n_groups(params[unit.members[0]].shape)
+            n = unit.width(self.granularity.n_groups(params[unit.members[0]].shape))
             keep = self.select(unit, params, ctx, fraction, n)
             if keep is None:
                 continue
             for m in unit.members:
-                out[m] = self.member_mask(keep, params[m].shape, ctx)
+                own = keep if unit.index is None else keep[torch.tensor(unit.index[m])]
+                out[m] = self.member_mask(own, params[m].shape, ctx)
                 for d in self.deps.get(m, []):
-                    out[d] = keep.clone()
+                    out[d] = own.clone()
         self.criterion.step_done(ctx)
         if ctx.event >= ctx.n_events - 1 and not ctx.args.get("mini_batch_pruning_frequency"):
             self.close()   # the last pruning step: statistics are no longer needed
@@ -307,8 +315,11 @@ class RankedStructurePruner(Pruner):
         total = None
         for m in unit.scored:
             s = self.criterion.scores(m, params[m].detach(), self.granularity, ctx)
-            if s is not None and s.numel() == n:   # statistics of another width are stale
+            width = n if unit.index is None else len(unit.index[m])
+            if s is not None and s.numel() == width:   # statistics of another width are stale
                 s = s.detach().float().reshape(-1).cpu()
+                if unit.index is not None:   # each filter adds to its structure's score
+                    s = torch.zeros(n).index_add_(0, torch.tensor(unit.index[m]), s)
                 total = s if total is None else total + s
         if total is None:
             return None
@@ -322,6 +333,9 @@ class RankedStructurePruner(Pruner):
                 mask = ctx.current.get(m)
                 if mask is not None:
                     dead = self.granularity.sums((mask != 0).float()).cpu() == 0
+                    if unit.index is not None:
+                        dead = torch.zeros(n, dtype=torch.bool).index_fill_(
+                            0, torch.tensor(unit.index[m])[dead], True)
                     total = total.masked_fill(dead, -math.inf)
         return total
 
@@ -375,7 +389,7 @@ class _BernoulliSelect:
 
     def member_mask(self, keep, shape, ctx):
         if ctx.args.get("use_double_copies"):
-            scaled = keep.float() * (keep.numel() / float(keep.sum()))
+            scaled = keep.float() * (keep.numel() / max(float(keep.sum()), 1.0))   # a member's slice may be all dropped
             return self.granularity.expand(scaled, shape)
         return self.granularity.expand(keep, shape)
 

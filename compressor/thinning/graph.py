@@ -224,6 +224,38 @@ class ChannelGraph:
                   if len(set(g)) > 1]
         return sorted(groups, key=lambda g: rank.get(g[0], len(rank)))
 
+    def coupled_classes(self, order: Sequence[str]) -> List[Dict[str, List[int]]]:
+        """Layers whose output channels meet only in part (a depthwise convolution after a
+        concatenation, a sum of a concatenation): one {weight: the class position of each output
+        channel} per connected group of 2+ layers whose channels are not all the same classes
+        (those are ``coupled_groups``). Positions number the group's channel classes 0..n-1."""
+        rank = {n: i for i, n in enumerate(order)}
+        prods = sorted({p.weight: p for p in self.producers}.values(),
+                       key=lambda p: rank.get(p.weight, len(rank)))
+        owner: Dict[int, int] = {}   # class root -> index of the first producer that has it
+        uf = _UF()
+        slots = uf.new(len(prods))
+        for k, p in enumerate(prods):
+            for r in self.roots(p.ids):
+                if r in owner:
+                    uf.union(slots[owner[r]], slots[k])
+                else:
+                    owner[r] = k
+        comps: Dict[int, List[int]] = {}
+        for k in range(len(prods)):
+            comps.setdefault(uf.find(slots[k]), []).append(k)
+        out = []
+        for ks in comps.values():
+            sigs = {tuple(self.roots(prods[k].ids)) for k in ks}
+            if len(ks) < 2 or len(sigs) == 1:
+                continue
+            pos: Dict[int, int] = {}
+            index = {}
+            for k in ks:
+                index[prods[k].weight] = [pos.setdefault(r, len(pos)) for r in self.roots(prods[k].ids)]
+            out.append(index)
+        return out
+
 
 # ---------------------------------------------------------------------------------------------
 # Op tables.
@@ -1270,3 +1302,14 @@ def coupled_filter_groups(model: nn.Module, example_input: ExampleInput = None) 
     g = analyze_graph(model, example_input)
     order = [n for n, _ in unwrap(model).named_parameters()]
     return g.coupled_groups(order)
+
+
+def coupled_filter_classes(model: nn.Module, example_input: ExampleInput = None
+                           ) -> List[Dict[str, List[int]]]:
+    """Layers whose output channels are coupled in part, e.g. a depthwise convolution reading a
+    concatenation of two convolutions: {weight: class position of each of its output channels},
+    one mapping per group (see ``ChannelGraph.coupled_classes``). Pruning the group's classes
+    together keeps every member's zero filters aligned, so thinning removes them."""
+    g = analyze_graph(model, example_input)
+    order = [n for n, _ in unwrap(model).named_parameters()]
+    return g.coupled_classes(order)
