@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny CNN and a training loop that calls the scheduler's six events."""
+"""Shared fixtures: a tiny CNN, a training loop that calls the scheduler's six events, a float64
+fixture and the check that two networks compute the same function (exactness claims)."""
 import pathlib
 
 import pytest
@@ -66,6 +67,23 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+def assert_same_function(out, ref):
+    """``out`` and ``ref`` are the same function of the input, up to summation order.
+
+    Both networks add the same nonzero terms, in different orders and blockings; the rounding of
+    a sum of K products is at most K·eps·Σ|terms|, compounding over D layers: with K ≤ 5000,
+    D ≤ 120 and eps = 1.1e-16 (float64), ≤ 7e-11 of the intermediate magnitudes, which we allow
+    to exceed the output's scale tenfold (cancellation): 1e-9. A dropped or misplaced channel
+    changes outputs by O(1) of their scale. In float32 (eps 6e-8) the same bound is above any
+    useful tolerance, hence float64.
+    """
+    assert out.dtype == ref.dtype == torch.float64, "compare in float64 (the `float64` fixture)"
+    scale = ref.abs().max().item() + 1e-300
+    err = (out - ref).abs().max().item() / scale
+    assert out.shape == ref.shape
+    assert err <= 1e-9, f"relative error {err:.3g}"
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@ import torch
 
 import compressor
 
-from conftest import TinyNet
+from conftest import TinyNet, assert_same_function
 
 
-def test_compiled_model_trains_under_a_schedule_and_recompiles_after_thinning():
+def test_compiled_model_trains_under_a_schedule_and_recompiles_after_thinning(float64):
     torch.manual_seed(0)
     model = TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -36,4 +36,5 @@ def test_compiled_model_trains_under_a_schedule_and_recompiles_after_thinning():
             assert torch.all(model.fc.weight[mask == 0] == 0)
     assert tuple(model.conv2.weight.shape) == (8, 8, 3, 3)       # thinned from 16 filters
     model.eval()
-    assert torch.allclose(compiled(x), model(x), atol=1e-5)       # recompiled for the new shapes
+    assert_same_function(compiled(x), model(x))     # recompiled for the new shapes; float64, as
+    # fused kernels sum in another order than eager ones

@@ -16,6 +16,7 @@ from compressor.thinning import (StructureRemover, analyze, contract_model, coup
                                  remove_channels, remove_filters, replay, thin)
 from compressor.thinning.execute import apply_ops
 from compressor.thinning.graph import analyze_graph
+from conftest import assert_same_function  # noqa: F401 (test_thinning_property imports it)
 
 SHAPES = {"cifar10": (3, 32, 32), "mnist": (1, 28, 28), "imagenet": (3, 64, 64)}
 
@@ -103,23 +104,6 @@ def zero_structures(model, example, frac, seed, mode="filters"):
     for name, m in masks.items():
         params[name].mul_(m)
     return masks
-
-
-def assert_same_function(out, ref):
-    """``out`` and ``ref`` are the same function of the input, up to summation order.
-
-    Both networks add the same nonzero terms, in different orders and blockings; the rounding of
-    a sum of K products is at most K·eps·Σ|terms|, compounding over D layers: with K ≤ 5000,
-    D ≤ 120 and eps = 1.1e-16 (float64), ≤ 7e-11 of the intermediate magnitudes, which we allow
-    to exceed the output's scale tenfold (cancellation): 1e-9. A dropped or misplaced channel
-    changes outputs by O(1) of their scale. In float32 (eps 6e-8) the same bound is above any
-    useful tolerance, hence float64.
-    """
-    assert out.dtype == ref.dtype == torch.float64, "compare in float64 (the `float64` fixture)"
-    scale = ref.abs().max().item() + 1e-300
-    err = (out - ref).abs().max().item() / scale
-    assert out.shape == ref.shape
-    assert err <= 1e-9, f"relative error {err:.3g}"
 
 
 def n_params(model):
