@@ -95,3 +95,19 @@ def test_compiled_submodule_is_analysed_and_thinned_exactly():
     report = analyze(model, (3, 8, 8), "remove_filters")
     assert "features._orig_mod.0" in report.thinnable
     prune_and_thin(model, "_orig_mod")
+
+
+def test_distributed_data_parallel_submodule_with_a_gloo_group_of_one():
+    import torch.distributed as dist
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed and no process group of another test")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = VGGish().double()
+        model.features = nn.parallel.DistributedDataParallel(model.features)
+        report = analyze(model, (3, 8, 8), "remove_filters")
+        assert report.thinnable[:2] == ["features.module.0", "features.module.3"]
+        prune_and_thin(model, "module")
+    finally:
+        dist.destroy_process_group()
