@@ -112,6 +112,7 @@ BAD = [
 ]
 
 
+@pytest.mark.slow          # the app in a subprocess, each
 @pytest.mark.parametrize("args,expected", BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, expected):
     result = cli(*args, "-o", str(tmp_path / "out"))
@@ -122,6 +123,7 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, expected):
     assert not (tmp_path / "out").exists()     # nothing written for a run that could not start
 
 
+@pytest.mark.slow          # the app in subprocesses
 def test_schedule_and_checkpoint_errors_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("pruners:\n  p:\n    class: LevelPruner\n    levels: {fc9.weight: 0.5}\npolicies:\n"
@@ -137,6 +139,7 @@ def test_schedule_and_checkpoint_errors_exit_2(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow          # the app in a subprocess
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     assert main(FAST + ["--epochs", "1", "-o", str(tmp_path)]) == 0
     ckpt = os.path.join(run_dir(tmp_path), "checkpoint.pth.tar")
@@ -145,12 +148,14 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     assert "checkpoint is for architecture 'simplenet_mnist', not 'lenet_300_100'" in result.stderr
 
 
+@pytest.mark.slow          # the console command in a subprocess
 def test_console_command_is_installed():
     exe = shutil.which("compress-classifier")
     assert exe is not None, "pip install -e . installs the compress-classifier command"
     assert subprocess.run([exe, "--help"], capture_output=True, text=True).returncode == 0
 
 
+@pytest.mark.slow          # the app in a subprocess
 def test_help_is_grouped():
     out = cli("--help").stdout
     for group in ("model and data:", "training:", "compression:", "checkpoints and resuming:",
@@ -186,6 +191,7 @@ def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, monkey
         assert torch.equal(value, resumed["state_dict"][name]), name
 
 
+@pytest.mark.slow          # the app in a subprocess
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_with_a_message(tmp_path):
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "apps", "compress_classifier.py"),
                              *FAST, "-b", "16", "--epochs", "100", "-o", str(tmp_path)],

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 EXPECTED_ROWS = [
@@ -40,6 +42,7 @@ EXPECTED_ROWS = [
 ]
 
 
+@pytest.mark.slow          # every benchmark, in a subprocess
 def test_run_quick_prints_every_table():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
                            "--threads", "1"],

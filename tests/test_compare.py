@@ -2,6 +2,8 @@
 import os
 import re
 
+import pytest
+
 from compressor.cli.compare import main as compare
 from compressor.cli.compress_classifier import main as app
 
@@ -9,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGP = os.path.join(ROOT, "schedules", "agp", "simplenet_mnist.yaml")
 
 
+@pytest.mark.slow          # trains two runs with the app
 def test_compare_reports_agreement_and_weights_kept(tmp_path, capsys):
     common = ["--arch", "simplenet_mnist", "--dataset", "digits", "-b", "64", "--etrs", "0.4",
               "--lr", "0.05", "--deterministic", "--no-progress-bar"]

@@ -109,6 +109,7 @@ def test_the_own_training_loop_example_is_marked():
     assert any(i.startswith("docs/own-training-loop.md:") for i in ids)
 
 
+@pytest.mark.slow          # each block in a subprocess
 @blocks_of("run")
 def test_python_block_runs(block):
     ident, _, _, code, _, problem = block
