@@ -34,6 +34,20 @@ def test_linear_rows_are_input_features_and_cols_are_output_neurons():
     assert keep_first_output.tolist() == [[True, True, True], [False, False, False]]
 
 
+def test_unambiguous_linear_names_are_the_same_partitions():
+    w = torch.tensor([[3., 0., 1.],
+                      [4., 2., 0.]])
+    assert torch.equal(group_norms(w, "InputFeatures"), group_norms(w, "Rows"))     # stored columns
+    assert torch.equal(group_norms(w, "OutputNeurons"), group_norms(w, "Cols"))     # stored rows
+    assert num_groups((2, 3), "InputFeatures") == 3 and num_groups((2, 3), "OutputNeurons") == 2
+    keep = torch.tensor([True, False])
+    assert torch.equal(expand_group_mask(keep, (2, 3), "OutputNeurons"),
+                       expand_group_mask(keep, (2, 3), "Cols"))
+    with pytest.raises(ComponentArgError, match=r"group type 'OutputNeurons' does not fit a tensor of "
+                                                r"shape \(8, 4, 3, 3\) \(rank 4\)"):
+        check_group_type("OutputNeurons", (8, 4, 3, 3))
+
+
 def test_conv_group_norms_by_hand():
     w = conv_weight()
     assert torch.allclose(group_norms(w, "Filters"), torch.tensor([5., math.sqrt(125)]))

@@ -42,3 +42,13 @@ def test_multistep_multigamma():
         MultiStepMultiGammaLR(opt(), milestones=[2, 4], gammas=[0.5])
     with pytest.raises(ComponentArgError, match="strictly increasing"):
         MultiStepMultiGammaLR(opt(), milestones=[4, 2], gammas=[0.5, 0.5])
+
+
+def test_multi_step_multi_gamma_keeps_distillers_attribute_and_reads_old_states():
+    s = MultiStepMultiGammaLR(opt(), milestones=[2, 4], gammas=[0.5, 0.1])
+    assert s.multiplicative_gammas == [1.0, 0.5, 0.05] and s.multipliers is s.multiplicative_gammas
+    state = s.state_dict()
+    old = {("multipliers" if k == "multiplicative_gammas" else k): v for k, v in state.items()}
+    t = MultiStepMultiGammaLR(opt(), milestones=[2, 4], gammas=[0.9, 0.9])
+    t.load_state_dict(old)                        # a state saved under the former attribute name
+    assert t.multiplicative_gammas == [1.0, 0.5, 0.05]

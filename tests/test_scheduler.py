@@ -276,3 +276,45 @@ def test_group_lasso_keep_mask_also_masks_zeroed_filters_bias_and_batch_norm_so_
     assert model.conv1.out_channels == 10 and result.nonzero_bias_removed == 0
     with torch.no_grad():
         assert_same_function(model(x), masked)      # float64: exact up to rounding
+
+
+# ---------------------------------------------------------------- Distiller's masker interface
+
+def test_zeros_mask_dict_accepts_dataparallel_names_and_iterates_the_models_names():
+    model = nn.Sequential(nn.Linear(3, 2))
+    scheduler = compressor.CompressionScheduler(nn.DataParallel(model))
+    masks = scheduler.zeros_mask_dict
+    assert list(masks) == ["0.weight", "0.bias"] and len(masks) == 2
+    assert "module.0.weight" in masks and "0.weight" in masks and "module.1.weight" not in masks
+    masks["module.0.weight"].mask = torch.tensor([[1., 0., 1.], [0., 1., 1.]])
+    assert torch.equal(masks["0.weight"].mask, torch.tensor([[1., 0., 1.], [0., 1., 1.]]))
+    assert masks["0.bias"].mask is None
+    with pytest.raises(KeyError):
+        masks["module.2.weight"]
+
+
+def test_apply_mask_masks_the_tensor_it_is_given():
+    model = nn.Sequential(nn.Linear(3, 2))
+    scheduler = compressor.CompressionScheduler(model)
+    masker = scheduler.zeros_mask_dict["0.weight"]
+    masker.mask = torch.tensor([[1., 0., 1.], [0., 1., 1.]])
+    other = torch.full((2, 3), 7.0)
+    assert masker.apply_mask(other) is other
+    assert torch.equal(other, torch.tensor([[7., 0., 7.], [0., 7., 7.]]))
+    assert model[0].weight.count_nonzero() == 6          # the parameter is left alone
+    masker.apply_mask(model[0].weight)                    # the parameter itself, as Distiller did
+    assert torch.equal(model[0].weight != 0, masker.mask.bool())
+    with pytest.raises(ValueError, match=r"^apply_mask: tensor of shape \(3, 2\) does not fit the "
+                                         r"mask of '0\.weight', shape \(2, 3\)$"):
+        masker.apply_mask(torch.ones(3, 2))
+    unmasked = torch.ones(2)
+    assert torch.equal(scheduler.zeros_mask_dict["0.bias"].apply_mask(unmasked), torch.ones(2))
+
+
+def test_sched_metadata_records_each_policys_range():
+    scheduler = compressor.CompressionScheduler(nn.Linear(2, 2))
+    a, b = compressor.ScheduledTrainingPolicy(), compressor.ScheduledTrainingPolicy()
+    scheduler.add_policy(a, starting_epoch=0, ending_epoch=10, frequency=4)   # fires 0, 4, 8
+    scheduler.add_policy(b, epochs=[7, 3])
+    assert scheduler.sched_metadata[a] == {"starting_epoch": 0, "ending_epoch": 10, "frequency": 4}
+    assert scheduler.sched_metadata[b] == {"starting_epoch": 3, "ending_epoch": 8, "frequency": None}
