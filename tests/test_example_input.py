@@ -12,7 +12,7 @@ from compressor.builder import dict_config
 from compressor.config import loads
 from compressor.errors import ScheduleError
 from compressor.example_input import example_input_of
-from compressor.thinning import remove_filters
+from compressor.thinning import analyze, remove_filters
 
 
 class Odd(nn.Module):
@@ -162,3 +162,10 @@ def test_depthwise_after_concatenation_is_coupled_and_thinned_exactly(top_level_
     assert m.a.out_channels + m.b.out_channels == 4
     with torch.no_grad():   # float64, removed channels exactly 0: equal up to re-ordered sums
         assert torch.allclose(m(x), masked, rtol=0, atol=1e-12)
+
+
+def test_dry_run_lists_layers_coupled_in_part():
+    report = analyze(CatDepthwise(), (1, 13, 17), "remove_filters")
+    assert report.partly == [{"a.weight": [0, 1, 2, 3], "b.weight": [4, 5, 6, 7],
+                              "dw.weight": list(range(8))}]
+    assert "a.weight (4), b.weight (4), dw.weight (8)" in report.text()

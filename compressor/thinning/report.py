@@ -32,12 +32,20 @@ class ThinningReport:
     error: Optional[str] = None
     notes: List[str] = field(default_factory=list)
     selected: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    #: Layers coupled in part (a depthwise conv after a concatenation): {weight: the group's
+    #: channel position of each of its output channels}, one per group (``coupled_classes``).
+    partly: List[Dict[str, List[int]]] = field(default_factory=list)
 
     def text(self) -> str:
         lines = [f"Thinning analysis of {self.model} (example input {list(self.input_shape)})"]
         lines.append(f"Coupled groups ({len(self.groups)}): layers that must keep the same channels")
         for g in self.groups:
             lines.append("  - " + ", ".join(g))
+        if self.partly:
+            lines.append(f"Coupled in part ({len(self.partly)}): layers whose channels meet position "
+                         f"by position, pruned as one")
+            for g in self.partly:
+                lines.append("  - " + ", ".join(f"{n} ({len(v)})" for n, v in g.items()))
         lines.append(f"Thinnable layers ({len(self.thinnable)}):")
         for name in self.thinnable:
             extra = f"  [{self.partial[name]}]" if name in self.partial else ""
@@ -73,7 +81,8 @@ def analyze(model: nn.Module, example_input: ExampleInput = None,
     order = [n for n, _ in target.named_parameters()]
     thinnable, blocked, partial = graph.layer_status()
     report = ThinningReport(type(target).__name__, graph.input_shape, kind,
-                            graph.coupled_groups(order), thinnable, blocked, partial)
+                            graph.coupled_groups(order), thinnable, blocked, partial,
+                            partly=graph.coupled_classes(order))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
