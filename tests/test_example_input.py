@@ -169,3 +169,9 @@ def test_dry_run_lists_layers_coupled_in_part():
     assert report.partly == [{"a.weight": [0, 1, 2, 3], "b.weight": [4, 5, 6, 7],
                               "dw.weight": list(range(8))}]
     assert "a.weight (4), b.weight (4), dw.weight (8)" in report.text()
+
+
+def test_example_input_argument_must_be_a_batch_or_a_sample_shape():
+    with pytest.raises(ValueError, match=r"example_input must be a tensor \(a batch\) or the shape of "
+                                         r"one sample as positive integers, e\.g\. \(3, 32, 32\); got \[1, 0\]"):
+        dict_config(model(), None, schedule(), example_input=[1, 0])
