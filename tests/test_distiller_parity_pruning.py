@@ -199,7 +199,7 @@ def test_ch_ranking():
     assert torch.equal(binary_map, torch.tensor([0., 1.]))
 
 
-def test_ranked_channel_pruning():
+def test_ranked_channel_pruning(float64):
     """Mirrors test_ranking.py::test_ranked_channel_pruning up to thinning.
 
     Distiller then removed the channel from ``conv1`` (the stem) too, but that channel also feeds
@@ -224,4 +224,5 @@ def test_ranked_channel_pruning():
     before = model(x)
     remove_channels(model, (3, 32, 32), store=scheduler)
     assert find_module(model, "conv1").out_channels == 16 and conv1.in_channels == 16
-    torch.testing.assert_close(model(x), before)
+    # float64 (the fixture): thinned == masked under conftest's derived bound, 1e-9 of scale
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-9 * before.abs().max().item())
