@@ -54,7 +54,9 @@ def mnist_gzip_bomb(folder, claimed=4_000_000, inflates_to=64 << 20) -> pathlib.
     return folder
 
 
-class _Reduce:
+class Reduce:
+    """Pickles as ``func(*args)``: how a hostile file asks for a call."""
+
     def __init__(self, func, args):
         self.func, self.args = func, args
 
@@ -63,7 +65,7 @@ class _Reduce:
 
 
 def cifar_folder(folder, n=4, **overrides) -> pathlib.Path:
-    """Six CIFAR-10 batches of ``n`` blank images; ``overrides`` replace the test batch's entries."""
+    """Six CIFAR-10 batches of ``n`` blank images; ``overrides`` replace test_batch's entries."""
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -76,7 +78,7 @@ def cifar_folder(folder, n=4, **overrides) -> pathlib.Path:
 
 def bytearray_bomb(nbytes=1 << 40) -> bytes:
     """A pickle of a few dozen bytes that asks ``bytearray`` for ``nbytes`` bytes."""
-    return pickle.dumps(_Reduce(bytearray, (nbytes,)), protocol=2)
+    return pickle.dumps(Reduce(bytearray, (nbytes,)), protocol=2)
 
 
 def class_folders(root, classes, images=1, content=b"") -> pathlib.Path:
@@ -102,7 +104,8 @@ def make_bad_data(d) -> dict:
     (short / "train-labels-idx1-ubyte").write_bytes(idx_header(0x08, (7,)) + bytes(7))
     out["mnist_short_labels"] = short
     magic = mnist_folder(d / "mnist_int_images")
-    (magic / "t10k-images-idx3-ubyte").write_bytes(idx_header(0x0C, (4, 28, 28)) + bytes(4 * 784 * 4))
+    (magic / "t10k-images-idx3-ubyte").write_bytes(idx_header(0x0C, (4, 28, 28))
+                                                   + bytes(4 * 784 * 4))
     out["mnist_int_images"] = magic
     with gzip.open(d / "trunc.gz", "wb") as f:
         f.write(idx_header(0x08, (4,)) + bytes(4))
@@ -119,7 +122,8 @@ def make_bad_data(d) -> dict:
                                            data=np.zeros((4, 3000), np.uint8))
     out["cifar_object_array"] = cifar_folder(d / "cifar_object_array",
                                              labels=np.array([0, 1, 2, None], dtype=object))
-    out["folder_1001_classes"] = class_folders(d / "folder_1001", [f"c{i:04d}" for i in range(1001)])
+    out["folder_1001_classes"] = class_folders(d / "folder_1001",
+                                               [f"c{i:04d}" for i in range(1001)])
     empty = class_folders(d / "folder_empty_class", ["cat", "dog"])
     for f in (empty / "train" / "dog").iterdir():
         f.unlink()

@@ -173,6 +173,24 @@ class SafeUnpickler(pickle.Unpickler):
         return obj.encode("latin1", errors)
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` with its arrays (in dicts and lists, at any depth) seen as plain ``np.ndarray``."""
+    if isinstance(obj, _CheckedArray):
+        return obj.view(np.ndarray)
+    todo, seen = [obj], set()
+    while todo:  # iterative, and each container once: a pickle may nest deeply or share objects
+        c = todo.pop()
+        if id(c) in seen or not isinstance(c, (dict, list)):
+            continue
+        seen.add(id(c))
+        for k, v in (c.items() if isinstance(c, dict) else enumerate(c)):
+            if isinstance(v, _CheckedArray):
+                c[k] = v.view(np.ndarray)
+            else:
+                todo.append(v)
+    return obj
+
+
 def safe_unpickle(path: str) -> Any:
     """Load a pickle that may hold only plain data and numpy arrays; ``DatasetError`` otherwise.
 
@@ -183,7 +201,7 @@ def safe_unpickle(path: str) -> Any:
     try:
         with open(path, "rb") as f:
             budget = os.fstat(f.fileno()).st_size + ALLOCATION_MARGIN
-            return SafeUnpickler(f, budget=budget, encoding="latin1").load()
+            return _plain(SafeUnpickler(f, budget=budget, encoding="latin1").load())
     except pickle.UnpicklingError as e:
         if "refusing to load global" in str(e):
             raise DatasetError(f"{path}: {e}; CIFAR pickles may hold only plain data and numpy "

@@ -76,7 +76,8 @@ def scan_class_folders(root: str, classes: Optional[Sequence[str]] = None
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise DatasetError(f"{shown(root)} has class folders the training set lacks: "
-                               f"{', '.join(shown(u) for u in unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+                               f"{', '.join(shown(u) for u in unknown[:5])}"
+                               f"{' ...' if len(unknown) > 5 else ''}")
     index = {name: i for i, name in enumerate(classes)}
     samples: List[Tuple[str, int]] = []
     empty: List[str] = []
