@@ -11,7 +11,7 @@ from .cifar import SafeUnpickler, load_cifar10, read_cifar_batch, safe_unpickle
 from .digits import load_digits28
 from .imagefolder import ImageFolder, scan_class_folders
 from .loaders import (DATASETS, INPUT_SHAPES, NORMALIZATION, FolderLoader, InMemoryLoader,
-                      dataset_name, load_data, read_arrays)
+                      check_num_classes, dataset_name, load_data, read_arrays)
 from .mnist import load_mnist, read_idx
 from .samplers import EpochSampler, split_indices
 from .transforms import Normalize, random_crop_flip
@@ -19,7 +19,8 @@ from .transforms import Normalize, random_crop_flip
 __all__ = [
     "ArraySplits", "DatasetError", "SafeUnpickler", "load_cifar10", "read_cifar_batch",
     "safe_unpickle", "load_digits28", "ImageFolder", "scan_class_folders", "DATASETS",
-    "INPUT_SHAPES", "NORMALIZATION", "FolderLoader", "InMemoryLoader", "dataset_name",
+    "INPUT_SHAPES", "NORMALIZATION", "FolderLoader", "InMemoryLoader", "check_num_classes",
+    "dataset_name",
     "load_data", "read_arrays", "load_mnist", "read_idx", "EpochSampler", "split_indices",
     "Normalize", "random_crop_flip",
 ]
