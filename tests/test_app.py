@@ -27,6 +27,7 @@ def run_dir(out):
     return os.path.join(out, only)
 
 
+@pytest.mark.slow          # trains with the app in-process
 def test_training_run_prunes_on_schedule_and_leaves_a_complete_run_folder(tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(FAST + ["--epochs", "7", "--compress", AGP, "-o", str(out), "-n", "agp"]) == 0
@@ -45,6 +46,7 @@ def test_training_run_prunes_on_schedule_and_leaves_a_complete_run_folder(tmp_pa
     assert re.search(r"--- test -+\n==> Top1: [\d.]+", text)
 
 
+@pytest.mark.slow          # trains with the app in-process
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     common = FAST + ["--compress", AGP, "--deterministic"]
     assert main(common + ["--epochs", "5", "-o", str(tmp_path / "full")]) == 0
@@ -63,6 +65,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert [m["val_top1"] for m in full["extras"]["metrics"]] == [m["val_top1"] for m in resumed["extras"]["metrics"]]
 
 
+@pytest.mark.slow          # trains with the app in-process
 def test_evaluate_and_summaries(tmp_path, capsys):
     assert main(FAST + ["--epochs", "1", "-o", str(tmp_path)]) == 0
     ckpt = os.path.join(run_dir(tmp_path), "checkpoint.pth.tar")
@@ -83,6 +86,7 @@ def write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+@pytest.mark.slow          # trains with the app in-process
 def test_mnist_files_in_a_data_dir(tmp_path):
     data = tmp_path / "mnist"
     data.mkdir()
@@ -163,6 +167,7 @@ def test_help_is_grouped():
         assert group in out
 
 
+@pytest.mark.slow          # trains with the app in-process
 def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     """A stop request (SIGINT/SIGTERM) is honoured after the current step; the checkpoint it leaves
     resumes at the next minibatch and ends bit-identical to a run that never stopped."""

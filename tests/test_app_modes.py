@@ -12,6 +12,8 @@ from compressor.models import create_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THIN = os.path.join(ROOT, "schedules", "filters", "simplenet_mnist.l1_agp_thin.yaml")
+pytestmark = pytest.mark.slow           # every test runs the app in-process, most of them training
+
 FAST = ["--arch", "simplenet_mnist", "--dataset", "digits", "-b", "64", "--etrs", "0.4", "--lr", "0.05",
         "--no-progress-bar"]
 

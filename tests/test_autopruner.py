@@ -231,6 +231,7 @@ def test_policy_args_are_refused():
         compressor.dict_config(create_model("lenet5_bn"), None, s)
 
 
+@pytest.mark.slow          # trains with the app in-process
 def test_the_app_stopped_mid_gating_resumes_to_the_same_thinned_network(tmp_path, monkeypatch):
     """The ready schedule through the app: gates alive at the stop, thinned after the resume."""
     import os

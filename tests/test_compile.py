@@ -1,4 +1,5 @@
 """torch.compile: pruned weights stay exactly zero, and thinning makes it recompile, not fail."""
+import pytest
 import torch
 
 import compressor
@@ -6,6 +7,7 @@ import compressor
 from conftest import TinyNet, assert_same_function
 
 
+@pytest.mark.slow          # torch.compile compiles twice (seconds, more on a busy machine)
 def test_compiled_model_trains_under_a_schedule_and_recompiles_after_thinning(float64):
     torch.manual_seed(0)
     model = TinyNet()
