@@ -9,17 +9,18 @@ from .autopruner import AutoPruner, ChannelGate
 from .nm_sparsity import NMSparsityPruner, nm_mask
 from .slimming import NetworkSlimmingPruner
 from .splicing import SplicingPruner
-from .structured import (ActivationAPoZRankedFilterPruner, ActivationAPoZRankedFilterPruner_AGP,
-                         ActivationMeanRankedFilterPruner, ActivationMeanRankedFilterPruner_AGP,
-                         AGPTarget, BernoulliFilterPruner, BernoulliFilterPruner_AGP,
-                         BNGammaRankedFilterPruner, BNGammaRankedFilterPruner_AGP, FixedTarget,
-                         GradientRankedFilterPruner, GradientRankedFilterPruner_AGP,
-                         L1RankedStructureParameterPruner, L1RankedStructureParameterPruner_AGP,
-                         L2RankedStructureParameterPruner, L2RankedStructureParameterPruner_AGP,
-                         RandomLevelStructureParameterPruner, RandomLevelTarget,
-                         RandomRankedFilterPruner, RandomRankedFilterPruner_AGP,
-                         RankedStructureParameterPruner, RankedStructurePruner,
-                         StructuredAutomatedGradualPruner, structures_to_prune)
+from .structured import (AGPTarget, FixedTarget, RandomLevelTarget, RankedStructurePruner,
+                         structures_to_prune)
+from .structured_names import (ActivationAPoZRankedFilterPruner, ActivationAPoZRankedFilterPruner_AGP,
+                               ActivationMeanRankedFilterPruner, ActivationMeanRankedFilterPruner_AGP,
+                               BernoulliFilterPruner, BernoulliFilterPruner_AGP,
+                               BNGammaRankedFilterPruner, BNGammaRankedFilterPruner_AGP,
+                               GradientRankedFilterPruner, GradientRankedFilterPruner_AGP,
+                               L1RankedStructureParameterPruner, L1RankedStructureParameterPruner_AGP,
+                               L2RankedStructureParameterPruner, L2RankedStructureParameterPruner_AGP,
+                               RandomLevelStructureParameterPruner, RandomRankedFilterPruner,
+                               RandomRankedFilterPruner_AGP, RankedStructureParameterPruner,
+                               StructuredAutomatedGradualPruner)
 
 __all__ = ["PruneContext", "Pruner", "level_mask", "threshold_mask", "AutomatedGradualPruner",
            "GlobalAutomatedGradualPruner", "MagnitudeParameterPruner", "SensitivityPruner",

@@ -3,9 +3,9 @@
 ``RankedStructurePruner`` ranks the structures of each weight (or of each coupled unit of weights)
 by a criterion (``criteria.py``), cut by a granularity (``granularity.py``), and prunes the lowest
 ranked ones up to a target sparsity that is fixed, follows AGP over the policy's pruning events, or
-is drawn at random. Distiller's class names are thin forms of it that only translate their YAML
-arguments: ``L1RankedStructureParameterPruner`` is (L1, group type, fixed target);
-``L1RankedStructureParameterPruner_AGP`` is (L1, group type, AGP target); and so on.
+is drawn at random. The names a schedule uses (Distiller's ``L1RankedStructureParameterPruner``,
+``..._AGP`` and the rest) are a table in ``structured_names.py`` that only translates YAML arguments
+into these parts.
 
 Count rule (Distiller's): k = rounding_fn(fraction * N) structures, rounded to a multiple of
 ``group_size``; never all N unless the fraction is exactly 1 (then N - group_size). Exactly k are
@@ -27,12 +27,11 @@ from torch import nn
 
 from ..errors import ComponentArgError, CompressorError, listing
 from ..masks import unwrap
-from ..registry import PRUNERS
 from ..schedules import agp_sparsity
 from .base import PruneContext, Pruner
 from .coupling import DEPENDENCIES, Unit, dependents, make_units
-from .criteria import Criterion, make_criterion, seeded_generator
-from .granularity import FILTER_GROUP_TYPES, RANKABLE_GROUP_TYPES, Granularity
+from .criteria import Criterion, seeded_generator
+from .granularity import Granularity
 from .magnitude import check_number, check_sparsity
 
 ROUNDING = {"floor": math.floor, "ceil": math.ceil, "round": round}
@@ -119,7 +118,7 @@ def _check_group_size(value) -> int:
     return value
 
 
-def _check_seed(value) -> int:
+def check_seed(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ComponentArgError("seed", f"must be an integer; got {value!r}")
     return value
@@ -174,7 +173,7 @@ class RankedStructurePruner(Pruner):
         self.group_size = _check_group_size(group_size)
         self.rounding_fn = _check_rounding(rounding_fn)
         self.noise = check_number("noise", noise, 0.0, 1.0, high_open=False)
-        self.seed = _check_seed(seed)
+        self.seed = check_seed(seed)
         self.units: List[Unit] = make_units(self.weights, self.group_dependency, False, None, self.weights)
         self.deps: Dict[str, List[str]] = {}
         self._problems: Dict[str, str] = {}
@@ -306,7 +305,7 @@ class RankedStructurePruner(Pruner):
                 for d in self.deps.get(m, []):
                     out[d] = own.clone()
         self.criterion.step_done(ctx)
-        if ctx.event >= ctx.n_events - 1 and not ctx.args.get("mini_batch_pruning_frequency"):
+        if ctx.event >= ctx.n_events - 1 and not ctx.options.mini_batch_pruning_frequency:
             self.close()   # the last pruning step: statistics are no longer needed
         return out
 
@@ -327,7 +326,7 @@ class RankedStructurePruner(Pruner):
             g = seeded_generator(self.seed, "noise", unit.target_name, ctx.event, ctx.minibatch_id)
             if float(torch.rand((), generator=g)) < self.noise:   # epsilon-greedy, as Distiller
                 total = total * torch.randn(n, generator=g)
-        regrow = ctx.args.get("mask_on_forward_only") or ctx.args.get("use_double_copies")
+        regrow = ctx.options.mask_on_forward_only or ctx.options.use_double_copies
         if not regrow:   # masks are intersected: a masked structure stays pruned, so count it first
             for m in unit.members:
                 mask = ctx.current.get(m)
@@ -368,7 +367,7 @@ class RankedStructurePruner(Pruner):
         self.criterion.load_state_dict(state.get("criterion", {}))
 
 
-class _BernoulliSelect:
+class BernoulliSelect:
     """Drop each structure independently with probability = the target fraction (DropFilter).
 
     The draw is seeded by (seed, weight, event, minibatch). At least one structure is kept. With
@@ -388,206 +387,7 @@ class _BernoulliSelect:
         return keep
 
     def member_mask(self, keep, shape, ctx):
-        if ctx.args.get("use_double_copies"):
+        if ctx.options.use_double_copies:
             scaled = keep.float() * (keep.numel() / max(float(keep.sum()), 1.0))   # a member's slice may be all dropped
             return self.granularity.expand(scaled, shape)
         return self.granularity.expand(keep, shape)
-
-
-# -- YAML forms -------------------------------------------------------------------------------
-class _FixedForm(RankedStructurePruner):
-    """(criterion, group type, fixed fraction): Distiller's one-shot ranked pruner signature."""
-    criterion_name = "L1"
-    group_types = RANKABLE_GROUP_TYPES
-
-    def __init__(self, name: str, group_type: str, desired_sparsity: Optional[float] = None,
-                 weights: Optional[Sequence[str]] = None, group_dependency: Optional[str] = None,
-                 kwargs: Optional[dict] = None, noise: float = 0.0, group_size: int = 1,
-                 rounding_fn="floor", fraction_to_prune: Optional[float] = None, seed: int = 0,
-                 model: Optional[nn.Module] = None):
-        target = FixedTarget(desired_fraction(desired_sparsity, fraction_to_prune))
-        _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
-               rounding_fn, seed, model)
-
-
-class _AGPForm(RankedStructurePruner):
-    """(criterion, group type, AGP target): Distiller's ``*_AGP`` signature."""
-    criterion_name = "L1"
-    group_types = RANKABLE_GROUP_TYPES
-
-    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
-                 weights: Sequence[str], group_dependency: Optional[str] = None,
-                 kwargs: Optional[dict] = None, noise: float = 0.0, group_size: int = 1,
-                 rounding_fn="floor", seed: int = 0, model: Optional[nn.Module] = None):
-        target = AGPTarget(*agp_fractions(initial_sparsity, final_sparsity))
-        _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
-               rounding_fn, seed, model)
-
-
-def _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
-           rounding_fn, seed, model):
-    if weights is None:
-        raise ComponentArgError("weights", "is required: a list of weight names")
-    seed = _check_seed(seed)
-    criterion = make_criterion(self.criterion_name, seed)
-    allowed = self.group_types
-    if criterion.group_types is not None:
-        allowed = tuple(t for t in allowed if t in criterion.group_types)
-    granularity = Granularity(group_type, kwargs, allowed)
-    RankedStructurePruner.__init__(self, name, weights, criterion, granularity, target,
-                                   group_dependency, group_size, rounding_fn, noise, seed, model)
-
-
-@PRUNERS.register
-class RankedStructureParameterPruner(_FixedForm):
-    """Any criterion (``criterion: L1 | L2 | BNGamma | APoZ | MeanActivation | Taylor | Random``),
-    any rankable group type, a fixed fraction."""
-
-    def __init__(self, name: str, group_type: str, desired_sparsity: Optional[float] = None,
-                 weights: Optional[Sequence[str]] = None, criterion: str = "L1",
-                 group_dependency: Optional[str] = None, kwargs: Optional[dict] = None,
-                 noise: float = 0.0, group_size: int = 1, rounding_fn="floor",
-                 fraction_to_prune: Optional[float] = None, seed: int = 0,
-                 model: Optional[nn.Module] = None):
-        self.criterion_name = criterion
-        super().__init__(name, group_type, desired_sparsity, weights, group_dependency, kwargs, noise,
-                         group_size, rounding_fn, fraction_to_prune, seed, model)
-
-
-@PRUNERS.register
-class StructuredAutomatedGradualPruner(_AGPForm):
-    """Any criterion, any rankable group type, an AGP target: the general structured AGP."""
-
-    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
-                 weights: Sequence[str], criterion: str = "L1",
-                 group_dependency: Optional[str] = None, kwargs: Optional[dict] = None,
-                 noise: float = 0.0, group_size: int = 1, rounding_fn="floor", seed: int = 0,
-                 model: Optional[nn.Module] = None):
-        self.criterion_name = criterion
-        super().__init__(name, initial_sparsity, final_sparsity, group_type, weights,
-                         group_dependency, kwargs, noise, group_size, rounding_fn, seed, model)
-
-
-# Distiller's names: a criterion fixed on a form; nothing else.
-@PRUNERS.register
-class L1RankedStructureParameterPruner(_FixedForm):
-    """Mean-|w| ranking, fixed fraction."""
-    criterion_name = "L1"
-
-
-@PRUNERS.register
-class L1RankedStructureParameterPruner_AGP(_AGPForm):
-    """Mean-|w| ranking, AGP fraction."""
-    criterion_name = "L1"
-
-
-@PRUNERS.register
-class L2RankedStructureParameterPruner(_FixedForm):
-    """Length-normalized L2 ranking, fixed fraction."""
-    criterion_name = "L2"
-
-
-@PRUNERS.register
-class L2RankedStructureParameterPruner_AGP(_AGPForm):
-    """Length-normalized L2 ranking, AGP fraction."""
-    criterion_name = "L2"
-
-
-@PRUNERS.register
-class ActivationAPoZRankedFilterPruner(_FixedForm):
-    """Filters whose activation channel is most often zero (network trimming), fixed fraction."""
-    criterion_name = "APoZ"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class ActivationAPoZRankedFilterPruner_AGP(_AGPForm):
-    criterion_name = "APoZ"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class ActivationMeanRankedFilterPruner(_FixedForm):
-    """Filters whose activation channel has the lowest mean, fixed fraction."""
-    criterion_name = "MeanActivation"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class ActivationMeanRankedFilterPruner_AGP(_AGPForm):
-    criterion_name = "MeanActivation"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class GradientRankedFilterPruner(_FixedForm):
-    """Filters with the smallest first-order Taylor importance |sum(w * grad)|, fixed fraction."""
-    criterion_name = "Taylor"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class GradientRankedFilterPruner_AGP(_AGPForm):
-    criterion_name = "Taylor"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class RandomRankedFilterPruner(_FixedForm):
-    """Exactly the counted number of filters, chosen at random (seeded): a baseline."""
-    criterion_name = "Random"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class RandomRankedFilterPruner_AGP(_AGPForm):
-    criterion_name = "Random"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class BNGammaRankedFilterPruner(_FixedForm):
-    """Filters whose batch-norm |gamma| is smallest (network slimming), fixed fraction."""
-    criterion_name = "BNGamma"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class BNGammaRankedFilterPruner_AGP(_AGPForm):
-    criterion_name = "BNGamma"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class BernoulliFilterPruner(_BernoulliSelect, _FixedForm):
-    """Each filter dropped with probability ``desired_sparsity`` (DropFilter-like)."""
-    criterion_name = "Random"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class BernoulliFilterPruner_AGP(_BernoulliSelect, _AGPForm):
-    criterion_name = "Random"
-    group_types = FILTER_GROUP_TYPES
-
-
-@PRUNERS.register
-class RandomLevelStructureParameterPruner(_FixedForm):
-    """Mean-|w| ranking to a fraction drawn uniformly from ``sparsity_range`` at each step."""
-    criterion_name = "L1"
-
-    def __init__(self, name: str, group_type: str, sparsity_range: Sequence[float],
-                 weights: Sequence[str], group_dependency: Optional[str] = None,
-                 kwargs: Optional[dict] = None, noise: float = 0.0, group_size: int = 1,
-                 rounding_fn="floor", seed: int = 0, model: Optional[nn.Module] = None):
-        ok = isinstance(sparsity_range, (list, tuple)) and len(sparsity_range) == 2
-        if not ok:
-            raise ComponentArgError("sparsity_range", f"must be [low, high] with 0 <= low <= high < 1; "
-                                                      f"got {sparsity_range!r}")
-        low = check_sparsity("sparsity_range", sparsity_range[0])
-        high = check_sparsity("sparsity_range", sparsity_range[1])
-        if high < low:
-            raise ComponentArgError("sparsity_range", f"low ({low}) must be <= high ({high})")
-        target = RandomLevelTarget(low, high, _check_seed(seed))
-        _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
-               rounding_fn, seed, model)
