@@ -12,10 +12,12 @@ from . import thinning as _thinning  # noqa: F401  (registers the thinning exten
 from .builder import dict_config, file_config, match_names
 from .config import load as load_schedule
 from .errors import CheckpointError, CompressorError, ScheduleError, ThinningError
+from .events import StepContext
 from .masks import MaskStore, normalize_name, unwrap
 from .metrics import density, sparsity
 from .policies import (LossComponent, LRPolicy, PolicyLoss, PruningPolicy, RegularizationPolicy,
                        ScheduledTrainingPolicy)
+from .policy_options import PolicyOptions
 from .registry import EXTENSIONS, LR_SCHEDULERS, PRUNERS, REGULARIZERS
 from .scheduler import CompressionScheduler
 from .summary import weights_sparsity_summary
@@ -28,4 +30,5 @@ __all__ = [
     "density", "sparsity", "LossComponent", "LRPolicy", "PolicyLoss", "PruningPolicy",
     "RegularizationPolicy", "ScheduledTrainingPolicy", "EXTENSIONS", "LR_SCHEDULERS", "PRUNERS",
     "REGULARIZERS", "CompressionScheduler", "weights_sparsity_summary",
+    "StepContext", "PolicyOptions",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import re
+from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -19,6 +20,7 @@ from . import config as cfg
 from .errors import ComponentArgError, ScheduleError, listing, suggest
 from .example_input import ExampleInput, as_sample_shape, example_input_of, record_first_input, \
     set_example_input
+from .lr_schedulers import resume_position
 from .masks import normalize_name, unwrap
 from .policies import GatePolicy, LRPolicy, PruningPolicy, RegularizationPolicy
 from .pruners.autopruner import AutoPruner
@@ -177,13 +179,7 @@ def _build_lr_scheduler(component: cfg.Component, path, params, optimizer, resum
             g.setdefault("initial_lr", g["lr"])
     sched = construct(component, path, params, {"optimizer": optimizer})
     if resumed_epoch is not None:
-        for g, lr in zip(optimizer.param_groups, before):
-            g["lr"] = lr
-        if hasattr(sched, "last_epoch"):
-            sched.last_epoch = n_steps_done
-        if hasattr(sched, "base_lrs"):
-            sched.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        sched._last_lr = list(before)
+        resume_position(sched, n_steps_done, before)
     return sched
 
 
@@ -265,14 +261,8 @@ def _await_first_input(scheduler: CompressionScheduler, model: nn.Module) -> Non
     """
     def then(shape) -> None:
         for policy in scheduler.ordered:
-            pruner = getattr(policy, "pruner", None)
-            epoch = getattr(pruner, "owed_epoch", None)
-            if epoch is None:
-                continue
-            pruner.resolve_coupling()
-            policy._configured = False   # its parameter list grew by the coupled weights
-            policy._configure(scheduler.store, scheduler.model)
-            policy.prune(epoch, scheduler.store, scheduler.model)
+            if isinstance(policy, PruningPolicy):
+                policy.run_owed_step(scheduler.store, scheduler.model)
 
     for policy in scheduler.ordered:
         pruner = getattr(policy, "pruner", None)
@@ -305,19 +295,20 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
     for spec in schedule.policies:
         section = cfg.POLICY_KINDS[spec.kind]
         if spec.kind == "pruner":
-            args = dict(spec.args)
-            if "levels" in args:
-                args["levels"] = _policy_levels(spec, params, path)
+            options = spec.options
+            if "levels" in spec.args:
+                options = replace(options, levels=_policy_levels(spec, params, path))
             pruner = built[(section, spec.instance_name)]
             try:
-                policy = (GatePolicy if isinstance(pruner, AutoPruner) else PruningPolicy)(pruner, args)
+                policy = (GatePolicy(pruner, spec.args) if isinstance(pruner, AutoPruner)
+                          else PruningPolicy(pruner, options))
                 if isinstance(pruner, AutoPruner):
                     _check_consecutive(spec.firing_epochs())
             except ValueError as e:
                 raise ScheduleError(str(e), path, cfg.line_of(spec.raw), spec.key) from None
         elif spec.kind == "regularizer":
             policy = RegularizationPolicy(built[(section, spec.instance_name)],
-                                          keep_mask=bool(spec.args.get("keep_mask", False)))
+                                          keep_mask=spec.options.keep_mask)
         elif spec.kind == "extension":
             policy = built[(section, spec.instance_name)]
         else:

@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
-from .errors import ScheduleError, listing, suggest
+from .errors import ComponentArgError, ScheduleError, listing, suggest
+from .policy_options import DEFAULT_OPTIONS, OPTION_TYPES, PolicyOptions, check_option
 from .registry import SECTIONS
 
 POLICY_KINDS = {"pruner": "pruners", "regularizer": "regularizers",
@@ -20,11 +21,7 @@ POLICY_KINDS = {"pruner": "pruners", "regularizer": "regularizers",
 TOP_LEVEL_KEYS = ("version", "input_shape", "pruners", "regularizers", "lr_schedulers", "extensions",
                   "policies")
 SCHEDULING_KEYS = ("epochs", "starting_epoch", "ending_epoch", "frequency")
-PRUNING_POLICY_ARGS = {
-    "levels": dict, "keep_mask": bool, "mini_batch_pruning_frequency": int,
-    "mask_on_forward_only": bool, "mask_gradients": bool, "use_double_copies": bool,
-    "discard_masks_at_minibatch_end": bool, "fold_batchnorm": bool, "skip_first_minibatch": bool,
-}
+PRUNING_POLICY_ARGS = OPTION_TYPES   # every PolicyOptions field
 REGULARIZATION_POLICY_ARGS = {"keep_mask": bool}
 EXAMPLE_CLASS = {"pruners": "AutomatedGradualPruner", "regularizers": "L1Regularizer",
                  "lr_schedulers": "StepLR", "extensions": "FilterRemover"}
@@ -106,8 +103,11 @@ class PolicySpec:
     starting_epoch: Optional[int] = None
     ending_epoch: Optional[int] = None
     frequency: int = 1
-    args: Dict[str, Any] = field(default_factory=dict)
+    args: Dict[str, Any] = field(default_factory=dict)   # as written in the schedule
     raw: Any = None
+    #: ``args`` validated (pruner and regularizer policies); ``levels`` keys are not yet resolved
+    #: against a model's parameter names (the builder does that).
+    options: PolicyOptions = DEFAULT_OPTIONS
 
     @property
     def key(self) -> str:
@@ -269,23 +269,18 @@ def _policy(index, raw, parent, components, err) -> PolicySpec:
     if not isinstance(args, Mapping):
         raise err("'args' must be a mapping", ref, "args", f"{keypath}.{kind}.args")
     allowed = {"pruner": PRUNING_POLICY_ARGS, "regularizer": REGULARIZATION_POLICY_ARGS}.get(kind, {})
-    for key, value in args.items():
-        akey = f"{keypath}.{kind}.args.{key}"
-        if key not in allowed:
-            valid = ", ".join(allowed) if allowed else f"none ({kind} policies take no args)"
-            raise err(f"unknown {kind} policy arg{suggest(key, allowed)}; valid: {valid}", args, key, akey)
-        want = allowed[key]
-        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-        if not ok:
-            raise err(f"must be {want.__name__}; got {value!r}", args, key, akey)
-        if key == "mini_batch_pruning_frequency" and value < 0:
-            raise err(f"must be >= 0 (0 disables); got {value}", args, key, akey)
-    if args.get("mask_gradients") and not args.get("mask_on_forward_only"):
-        raise err("mask_gradients needs mask_on_forward_only: True (otherwise the mask already "
-                  "zeroes those weights after every step)", args, "mask_gradients",
-                  f"{keypath}.{kind}.args.mask_gradients")
+    try:
+        for key, value in args.items():
+            if key not in allowed:
+                valid = ", ".join(allowed) if allowed else f"none ({kind} policies take no args)"
+                raise err(f"unknown {kind} policy arg{suggest(key, allowed)}; valid: {valid}",
+                          args, key, f"{keypath}.{kind}.args.{key}")
+            check_option(key, value)   # the type and range PolicyOptions declares
+        options = PolicyOptions.from_args(args) if allowed else DEFAULT_OPTIONS
+    except ComponentArgError as e:
+        raise err(e.reason, args, e.key, f"{keypath}.{kind}.args.{e.key}") from None
 
-    spec = PolicySpec(index, kind, str(name), args=dict(args), raw=raw)
+    spec = PolicySpec(index, kind, str(name), args=dict(args), raw=raw, options=options)
     _schedule_keys(spec, raw, keypath, err)
     return spec
 

@@ -2,12 +2,15 @@
 Distiller's ``PolynomialLR`` (``T_max``, ``power``) and ``MultiStepMultiGammaLR``.
 
 The builder passes ``optimizer=`` itself; the YAML gives the other constructor arguments.
+``resume_position`` and ``load_scheduler_state`` are the two ways a run's learning-rate position is
+restored (a schedule rebuilt for a resumed run; a saved scheduler state), both through the
+schedulers' public ``state_dict``/``load_state_dict``.
 """
 from __future__ import annotations
 
 import inspect
 from bisect import bisect_right
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch.optim import lr_scheduler as torch_lr
@@ -91,3 +94,38 @@ class MultiStepMultiGammaLR(torch_lr.LRScheduler):
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> list:
     return [group["lr"] for group in optimizer.param_groups]
+
+
+def resume_position(scheduler, steps_done: int, lrs: Sequence[float]) -> None:
+    """Put a freshly built ``scheduler`` where a run that took ``steps_done`` steps left it.
+
+    PyTorch schedulers take their first step when constructed, which sets the optimizer to the
+    schedule's starting lr. A resumed run's optimizer already holds the lr it had reached
+    (``lrs``, one per param group): it is put back, and the scheduler's step count, base lrs
+    (each group's ``initial_lr``) and last lr are set to match, so its next ``step()`` continues
+    the uninterrupted schedule.
+    """
+    optimizer = scheduler.optimizer
+    state = scheduler.state_dict()
+    if "last_epoch" in state:
+        state["last_epoch"] = steps_done
+    if "base_lrs" in state:
+        state["base_lrs"] = [g["initial_lr"] for g in optimizer.param_groups]
+    state["_last_lr"] = list(lrs)    # torch's own state key for get_last_lr()
+    scheduler.load_state_dict(state)
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+
+
+def load_scheduler_state(scheduler, state: Mapping) -> None:
+    """``scheduler.load_state_dict(state)``, and the optimizer set to the lr the state had reached.
+
+    ``load_state_dict`` alone restores the scheduler's position but leaves the optimizer's lr as
+    it was; a resumed run must also train on the saved lr.
+    """
+    scheduler.load_state_dict(state)
+    optimizer = getattr(scheduler, "optimizer", None)
+    last = scheduler.get_last_lr() if hasattr(scheduler, "get_last_lr") else None
+    if optimizer is not None and last is not None:
+        for group, lr in zip(optimizer.param_groups, last):
+            group["lr"] = lr

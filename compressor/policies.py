@@ -6,96 +6,85 @@ run continues exactly.
 """
 from __future__ import annotations
 
-from collections import namedtuple
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 
+from .events import LossComponent, PolicyLoss, ScheduledTrainingPolicy, StepContext
+from .lr_schedulers import load_scheduler_state
 from .masks import MaskStore
+from .policy_options import PolicyOptions
 from .pruners.base import PruneContext, Pruner
 from .regularizers.base import Regularizer
 
-PolicyLoss = namedtuple("PolicyLoss", ["overall_loss", "loss_components"])
-LossComponent = namedtuple("LossComponent", ["name", "value"])
-
-
-class ScheduledTrainingPolicy:
-    """Base class: every event is a no-op. ``epochs`` is set when the policy is added."""
-
-    name = "policy"
-
-    def __init__(self):
-        self.epochs: List[int] = []
-
-    @property
-    def ending_epoch(self) -> int:
-        return self.epochs[-1] + 1 if self.epochs else 0
-
-    def event_index(self, epoch: int) -> int:
-        """Which of this policy's firing epochs ``epoch`` is (the last one at or before it)."""
-        idx = 0
-        for i, e in enumerate(self.epochs):
-            if e <= epoch:
-                idx = i
-        return idx
-
-    def on_epoch_begin(self, epoch, store: MaskStore, model, optimizer=None):
-        pass
-
-    def on_minibatch_begin(self, epoch, minibatch_id, minibatches_per_epoch, store, model, optimizer=None):
-        pass
-
-    def before_backward_pass(self, epoch, minibatch_id, minibatches_per_epoch, loss, store, model,
-                             optimizer=None) -> Optional[PolicyLoss]:
-        return None
-
-    def before_parameter_optimization(self, epoch, minibatch_id, minibatches_per_epoch, store,
-                                      model, optimizer=None):
-        pass
-
-    def on_minibatch_end(self, epoch, minibatch_id, minibatches_per_epoch, store, model, optimizer=None):
-        pass
-
-    def on_epoch_end(self, epoch, store, model, optimizer=None, metrics=None):
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        pass
+__all__ = ["GatePolicy", "LRPolicy", "LossComponent", "PolicyLoss", "PruningPolicy",
+           "RegularizationPolicy", "ScheduledTrainingPolicy", "StepContext",
+           "filter_companion_masks"]
 
 
 class PruningPolicy(ScheduledTrainingPolicy):
-    """Runs a pruner at its epochs, with Distiller's pruning-policy args (see docs/schedule.md)."""
+    """Runs a pruner at its epochs, with Distiller's pruning-policy args (see docs/schedule.md).
 
-    def __init__(self, pruner: Pruner, pruner_args: Optional[Mapping] = None):
+    ``options`` is a ``PolicyOptions`` or a plain mapping of the same names (validated here:
+    ``ValueError`` naming the key for a bad one).
+    """
+
+    def __init__(self, pruner: Pruner, pruner_args: Union[PolicyOptions, Mapping, None] = None):
         super().__init__()
         self.pruner = pruner
         self.name = pruner.name
-        self.args = dict(pruner_args or {})
-        self.forward_only = bool(self.args.get("mask_on_forward_only"))
-        self.double_copies = bool(self.args.get("use_double_copies"))
-        self.mb_frequency = int(self.args.get("mini_batch_pruning_frequency") or 0)
-        self._configured = False
+        self.options = (pruner_args if isinstance(pruner_args, PolicyOptions)
+                        else PolicyOptions.from_args(pruner_args or {}))
+        # forward_only and double_copies change at the end (keep_mask) and are saved in the state
+        self.forward_only = self.options.mask_on_forward_only
+        self.double_copies = self.options.use_double_copies
+        self.mb_frequency = self.options.mini_batch_pruning_frequency
+        self._attached = False
         self._copies: Dict[str, torch.Tensor] = {}
         self._fold = None   # conv weight name -> (bn module) when fold_batchnorm
 
-    def _configure(self, store: MaskStore, model):
-        if self._configured:
+    @property
+    def args(self) -> Dict[str, object]:
+        """The options as a plain dict (the former attribute; read ``options`` instead)."""
+        return self.options.as_args()
+
+    def attach(self, store: MaskStore, model) -> None:
+        """Forward-only switches, gradient hooks and batch-norm pairs for the pruner's parameters.
+
+        Runs once (the policy's first epoch, or after the scheduler loads a state); see
+        ``run_owed_step`` for the one time it runs again.
+        """
+        if self._attached:
             return
-        self._configured = True
+        self._attached = True
         bind = getattr(self.pruner, "bind", None)   # a directly built pruner's '*' default
         if bind is not None:
             bind(store.params)
         for name in self.pruner.param_names:
             if self.forward_only:
                 store.set_forward_only(name, True)
-            if self.args.get("mask_gradients"):
+            if self.options.mask_gradients:
                 store.mask_gradients(name, True)
-        if self.args.get("fold_batchnorm"):
-            from .graph import conv_bn_pairs
+        if self.options.fold_batchnorm:
+            from .graph import conv_bn_pairs   # lazy: the graph layer sits below the pruners
             self._fold = conv_bn_pairs(model)
+
+    def run_owed_step(self, store: MaskStore, model) -> bool:
+        """Run the pruning step the pruner put off for want of an example input, if it owes one.
+
+        A structured pruner whose filters couple across layers needs the input's shape; when it
+        first fires before any batch, it records ``owed_epoch`` and prunes nothing. Once the input
+        is known (the builder's first-input hook), this resolves the coupling, attaches the
+        coupled weights it added, and prunes for that epoch. Returns whether a step ran.
+        """
+        epoch = getattr(self.pruner, "owed_epoch", None)
+        if epoch is None:
+            return False
+        self.pruner.resolve_coupling()
+        self._attached = False   # its parameter list grew by the coupled weights
+        self.attach(store, model)
+        self.prune(StepContext(epoch, None, None, store, model))
+        return True
 
     def _params(self, store: MaskStore) -> Dict[str, torch.Tensor]:
         params = {n: store.params[n] for n in self.pruner.param_names}
@@ -109,55 +98,58 @@ class PruningPolicy(ScheduledTrainingPolicy):
                     params[name] = w * scale.view(-1, *([1] * (w.dim() - 1)))
         return params
 
-    def prune(self, epoch, store: MaskStore, model, minibatch_id=None, minibatches_per_epoch=None):
-        """Compute this policy's masks for ``epoch`` and install them."""
-        ctx = PruneContext(epoch=epoch, event=self.event_index(epoch), n_events=len(self.epochs),
-                           minibatch_id=minibatch_id, minibatches_per_epoch=minibatches_per_epoch,
-                           model=model, args=self.args, starting_epoch=self.epochs[0],
-                           current={n: store.masks[n] for n in self.pruner.param_names
-                                    if n in store.masks})
+    def prune(self, ctx: StepContext) -> None:
+        """Compute this policy's masks for ``ctx.epoch`` (and minibatch) and install them."""
+        store = ctx.store
+        pctx = PruneContext(epoch=ctx.epoch, event=self.event_index(ctx.epoch),
+                            n_events=len(self.epochs), minibatch_id=ctx.minibatch_id,
+                            minibatches_per_epoch=ctx.minibatches_per_epoch, model=ctx.model,
+                            options=self.options, starting_epoch=self.epochs[0],
+                            current={n: store.masks[n] for n in self.pruner.param_names
+                                     if n in store.masks})
         regrow = self.pruner.can_regrow or self.forward_only or self.double_copies
-        masks = self.pruner.masks(self._params(store), ctx)
+        masks = self.pruner.masks(self._params(store), pctx)
         for name, mask in masks.items():   # may include coupled biases / batch-norm parameters
             store.set(name, mask, intersect=not regrow)
         if not self.forward_only:
             store.apply(list(masks))
 
-    def on_epoch_begin(self, epoch, store, model, optimizer=None):
-        self._configure(store, model)
-        self.prune(epoch, store, model)
+    def on_epoch_begin(self, ctx: StepContext) -> None:
+        self.attach(ctx.store, ctx.model)
+        self.prune(ctx)
 
-    def on_minibatch_begin(self, epoch, minibatch_id, minibatches_per_epoch, store, model, optimizer=None):
+    def on_minibatch_begin(self, ctx: StepContext) -> None:
+        store = ctx.store
         if self.mb_frequency:
-            step = epoch * minibatches_per_epoch + minibatch_id
-            skip = self.args.get("skip_first_minibatch") and minibatch_id == 0
+            step = ctx.epoch * ctx.minibatches_per_epoch + ctx.minibatch_id
+            skip = self.options.skip_first_minibatch and ctx.minibatch_id == 0
             if step % self.mb_frequency == 0 and not skip:
-                self.prune(epoch, store, model, minibatch_id, minibatches_per_epoch)
+                self.prune(ctx)
         if self.forward_only or self.double_copies:
             names = [n for n in self.pruner.param_names if n in store.masks]
             if self.double_copies:
                 self._copies = {n: store.params[n].detach().clone() for n in names}
             store.apply(names)
 
-    def before_parameter_optimization(self, epoch, minibatch_id, minibatches_per_epoch, store, model,
-                                      optimizer=None):
+    def before_parameter_optimization(self, ctx: StepContext) -> None:
         if self._copies:
             with torch.no_grad():
                 for name, copy in self._copies.items():
-                    store.params[name].copy_(copy)
+                    ctx.store.params[name].copy_(copy)
             self._copies = {}
 
-    def on_minibatch_end(self, epoch, minibatch_id, minibatches_per_epoch, store, model, optimizer=None):
-        if self.args.get("discard_masks_at_minibatch_end"):
+    def on_minibatch_end(self, ctx: StepContext) -> None:
+        if self.options.discard_masks_at_minibatch_end:
             for name in self.pruner.param_names:
-                store.remove(name)
+                ctx.store.remove(name)
 
-    def on_epoch_end(self, epoch, store, model, optimizer=None, metrics=None):
-        if epoch != self.epochs[-1]:
+    def on_epoch_end(self, ctx: StepContext) -> None:
+        if ctx.epoch != self.epochs[-1]:
             return
+        store = ctx.store
         for name in self.pruner.param_names:    # gradient masking ends with the policy
             store.mask_gradients(name, False)
-        if self.args.get("keep_mask"):
+        if self.options.keep_mask:
             for name in self.pruner.param_names:
                 store.set_forward_only(name, False)
             self.forward_only = self.double_copies = False
@@ -183,18 +175,18 @@ class RegularizationPolicy(ScheduledTrainingPolicy):
         self.keep_mask = keep_mask
         self.loss_name = f"{regularizer.name}_loss"
 
-    def before_backward_pass(self, epoch, minibatch_id, minibatches_per_epoch, loss, store, model,
-                             optimizer=None):
-        params = {n: store.params[n] for n in self.regularizer.param_names}
+    def before_backward_pass(self, ctx: StepContext) -> PolicyLoss:
+        params = {n: ctx.store.params[n] for n in self.regularizer.param_names}
         term = self.regularizer.loss(params)
-        return PolicyLoss(loss + term, [LossComponent(self.loss_name, term)])
+        return PolicyLoss(ctx.loss + term, [LossComponent(self.loss_name, term)])
 
-    def on_minibatch_end(self, epoch, minibatch_id, minibatches_per_epoch, store, model, optimizer=None):
+    def on_minibatch_end(self, ctx: StepContext) -> None:
         if self.regularizer.threshold_criteria is None:
             return
+        store = ctx.store
         params = {n: store.params[n] for n in self.regularizer.param_names}
         masks = self.regularizer.threshold_masks(params)
-        last = epoch == self.epochs[-1] and minibatch_id == minibatches_per_epoch - 1
+        last = ctx.epoch == self.epochs[-1] and ctx.minibatch_id == ctx.minibatches_per_epoch - 1
         with torch.no_grad():
             for name, mask in masks.items():
                 if self.keep_mask and last:
@@ -202,7 +194,7 @@ class RegularizationPolicy(ScheduledTrainingPolicy):
                 else:
                     params[name].mul_(mask.to(params[name].dtype))   # one-shot zeroing
         if self.keep_mask and last:
-            companions = filter_companion_masks(model, masks)
+            companions = filter_companion_masks(ctx.model, masks)
             for name, mask in companions.items():
                 store.set(name, mask)
             store.apply(list(masks) + list(companions))
@@ -243,8 +235,8 @@ class LRPolicy(ScheduledTrainingPolicy):
         self.lr_scheduler = lr_scheduler
         self.name = name
 
-    def on_epoch_end(self, epoch, store, model, optimizer=None, metrics=None):
-        sched = self.lr_scheduler
+    def on_epoch_end(self, ctx: StepContext) -> None:
+        sched, metrics = self.lr_scheduler, ctx.metrics
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if not metrics or sched.mode not in metrics:
                 raise ValueError(f"{self.name}: ReduceLROnPlateau needs on_epoch_end(..., metrics="
@@ -258,12 +250,7 @@ class LRPolicy(ScheduledTrainingPolicy):
 
     def load_state_dict(self, state):
         if "lr_scheduler" in state:
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-            opt = getattr(self.lr_scheduler, "optimizer", None)
-            last = getattr(self.lr_scheduler, "_last_lr", None)
-            if opt is not None and last is not None:   # the lr the schedule had reached
-                for group, lr in zip(opt.param_groups, last):
-                    group["lr"] = lr
+            load_scheduler_state(self.lr_scheduler, state["lr_scheduler"])
 
 
 class GatePolicy(ScheduledTrainingPolicy):
@@ -283,35 +270,34 @@ class GatePolicy(ScheduledTrainingPolicy):
         self.name = pruner.name
         self.loss_name = f"{pruner.name}_loss"
 
-    def _configure(self, store: MaskStore, model):
+    def attach(self, store: MaskStore, model) -> None:
         """Re-hook saved gates after a resume (the scheduler calls this after load_state_dict)."""
         self.pruner.restore_gates(model)
 
-    def on_epoch_begin(self, epoch, store, model, optimizer=None):
-        self.pruner.install(model)
+    def on_epoch_begin(self, ctx: StepContext) -> None:
+        self.pruner.install(ctx.model)
         self.pruner.reset_epoch_means()
 
-    def on_minibatch_begin(self, epoch, minibatch_id, minibatches_per_epoch, store, model, optimizer=None):
+    def on_minibatch_begin(self, ctx: StepContext) -> None:
         if self.pruner.total_steps is None:
-            self.pruner.total_steps = len(self.epochs) * minibatches_per_epoch
+            self.pruner.total_steps = len(self.epochs) * ctx.minibatches_per_epoch
 
-    def before_backward_pass(self, epoch, minibatch_id, minibatches_per_epoch, loss, store, model,
-                             optimizer=None):
+    def before_backward_pass(self, ctx: StepContext) -> Optional[PolicyLoss]:
         if self.pruner.finished:
             return None
-        term = self.pruner.loss(loss)
-        return PolicyLoss(loss + term, [LossComponent(self.loss_name, term)])
+        term = self.pruner.loss(ctx.loss)
+        return PolicyLoss(ctx.loss + term, [LossComponent(self.loss_name, term)])
 
-    def on_minibatch_end(self, epoch, minibatch_id, minibatches_per_epoch, store, model, optimizer=None):
+    def on_minibatch_end(self, ctx: StepContext) -> None:
         self.pruner.step_gates()
 
-    def on_epoch_end(self, epoch, store, model, optimizer=None, metrics=None):
-        if epoch != self.epochs[-1] or self.pruner.finished:
+    def on_epoch_end(self, ctx: StepContext) -> None:
+        if ctx.epoch != self.epochs[-1] or self.pruner.finished:
             return
-        masks = self.pruner.finalize(model)
+        masks = self.pruner.finalize(ctx.model)
         for name, mask in masks.items():
-            store.set(name, mask)
-        store.apply(list(masks))
+            ctx.store.set(name, mask)
+        ctx.store.apply(list(masks))
 
     def state_dict(self):
         return {"pruner": self.pruner.state_dict()}

@@ -5,8 +5,9 @@ The training loop calls, per epoch and minibatch::
     on_epoch_begin · on_minibatch_begin · forward · before_backward_pass · backward ·
     before_parameter_optimization · optimizer.step() · on_minibatch_end · ... · on_epoch_end
 
-Signatures follow Distiller's so a ported loop changes its imports and little else. Policies act in
-the order they were added. After every optimizer step all masks are re-applied (one fused multiply),
+Signatures follow Distiller's so a ported loop changes its imports and little else; each call is
+handed to the policies as one ``StepContext`` (``compressor.events``). Policies act in the order
+they were added. After every optimizer step all masks are re-applied (one fused multiply),
 which keeps pruned weights at exactly zero through momentum, weight decay and Adam.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .masks import MaskStore, normalize_name
-from .policies import PolicyLoss, ScheduledTrainingPolicy
+from .events import PolicyLoss, ScheduledTrainingPolicy, StepContext
 
 
 class _MaskerView:
@@ -144,52 +145,74 @@ class CompressionScheduler:
         return dict(self.store.masks)
 
     # -- events --------------------------------------------------------------------------------
+    # Each event builds one StepContext and hands it to the policies of the epoch, in order; an
+    # epoch without policies costs a dict lookup.
     def on_epoch_begin(self, epoch: int, optimizer=None, **kwargs) -> None:
-        for policy in self.policies.get(epoch, ()):
-            policy.on_epoch_begin(epoch, self.store, self.model, optimizer)
+        policies = self.policies.get(epoch)
+        if policies:
+            ctx = StepContext(epoch, None, None, self.store, self.model, optimizer)
+            for policy in policies:
+                policy.on_epoch_begin(ctx)
 
     def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                            optimizer=None) -> None:
-        for policy in self.policies.get(epoch, ()):
-            policy.on_minibatch_begin(epoch, minibatch_id, minibatches_per_epoch, self.store,
-                                      self.model, optimizer)
+        policies = self.policies.get(epoch)
+        if policies:
+            ctx = StepContext(epoch, minibatch_id, minibatches_per_epoch, self.store, self.model,
+                              optimizer)
+            for policy in policies:
+                policy.on_minibatch_begin(ctx)
 
     def before_backward_pass(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                              loss: torch.Tensor, optimizer=None, return_loss_components: bool = False):
         """The loss with every active regularizer's term added (the input tensor is not modified).
 
         With ``return_loss_components`` returns ``PolicyLoss(overall_loss, [LossComponent(name,
-        value), ...])`` so the terms can be logged by name.
+        value), ...])`` so the terms can be logged by name. Each policy sees, as ``ctx.loss``, the
+        loss with the terms of the policies before it.
         """
         overall, components = loss, []
-        for policy in self.policies.get(epoch, ()):
-            out = policy.before_backward_pass(epoch, minibatch_id, minibatches_per_epoch, overall,
-                                              self.store, self.model, optimizer)
-            if out is not None:
-                if not isinstance(out, PolicyLoss):
-                    raise TypeError(f"{type(policy).__name__}.before_backward_pass must return "
-                                    f"PolicyLoss or None; got {type(out).__name__}")
-                overall = out.overall_loss
-                components.extend(out.loss_components)
+        policies = self.policies.get(epoch)
+        if policies:
+            ctx = StepContext(epoch, minibatch_id, minibatches_per_epoch, self.store, self.model,
+                              optimizer, loss)
+            for policy in policies:
+                out = policy.before_backward_pass(ctx)
+                if out is not None:
+                    if not isinstance(out, PolicyLoss):
+                        raise TypeError(f"{type(policy).__name__}.before_backward_pass must return "
+                                        f"PolicyLoss or None; got {type(out).__name__}")
+                    overall = out.overall_loss
+                    components.extend(out.loss_components)
+                    ctx = ctx.with_loss(overall)
         return PolicyLoss(overall, components) if return_loss_components else overall
 
     def before_parameter_optimization(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                                       optimizer=None) -> None:
-        for policy in self.policies.get(epoch, ()):
-            policy.before_parameter_optimization(epoch, minibatch_id, minibatches_per_epoch,
-                                                 self.store, self.model, optimizer)
+        policies = self.policies.get(epoch)
+        if policies:
+            ctx = StepContext(epoch, minibatch_id, minibatches_per_epoch, self.store, self.model,
+                              optimizer)
+            for policy in policies:
+                policy.before_parameter_optimization(ctx)
 
     def on_minibatch_end(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                          optimizer=None) -> None:
         self.store.apply_after_step()
-        for policy in self.policies.get(epoch, ()):
-            policy.on_minibatch_end(epoch, minibatch_id, minibatches_per_epoch, self.store,
-                                    self.model, optimizer)
+        policies = self.policies.get(epoch)
+        if policies:
+            ctx = StepContext(epoch, minibatch_id, minibatches_per_epoch, self.store, self.model,
+                              optimizer)
+            for policy in policies:
+                policy.on_minibatch_end(ctx)
 
     def on_epoch_end(self, epoch: int, optimizer=None, metrics: Optional[Mapping] = None,
                      **kwargs) -> None:
-        for policy in self.policies.get(epoch, ()):
-            policy.on_epoch_end(epoch, self.store, self.model, optimizer, metrics)
+        policies = self.policies.get(epoch)
+        if policies:
+            ctx = StepContext(epoch, None, None, self.store, self.model, optimizer, None, metrics)
+            for policy in policies:
+                policy.on_epoch_end(ctx)
 
     def mask_all_weights(self, is_forward: bool = True) -> None:
         """Apply every mask now (Distiller's name); forward-only masks too when ``is_forward``."""
@@ -223,10 +246,10 @@ class CompressionScheduler:
         for key, policy in zip(self.keys, self.ordered):
             if key in saved:
                 policy.load_state_dict(saved[key])
-        for policy in self.ordered:   # re-install forward-only switches and gradient hooks
-            configure = getattr(policy, "_configure", None)
-            if configure is not None:
-                configure(self.store, self.model)
+        for policy in self.ordered:   # re-install forward-only switches, gradient hooks, gates
+            attach = getattr(policy, "attach", None)   # a duck-typed policy may not have it
+            if attach is not None:
+                attach(self.store, self.model)
         self.store.apply_after_step()
 
     def init_from_masks_dict(self, masks: Mapping[str, Optional[torch.Tensor]]) -> None:

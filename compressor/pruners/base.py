@@ -12,19 +12,43 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from ..policy_options import DEFAULT_OPTIONS, PolicyOptions
 
-@dataclass
+
+@dataclass(init=False)
 class PruneContext:
-    """When a pruning step happens: the epoch, and which of the policy's pruning events it is."""
+    """When a pruning step happens: the epoch, which of the policy's pruning events it is, and the
+    policy's options (``options.levels``, ``options.use_double_copies``, ...)."""
     epoch: int
     event: int = 0                   # 0 for the policy's first firing epoch
     n_events: int = 1                # how many firing epochs the policy has
     minibatch_id: Optional[int] = None
     minibatches_per_epoch: Optional[int] = None
     model: Any = None                # for pruners that need activations or the graph
-    args: Dict[str, Any] = field(default_factory=dict)   # the policy's args
     current: Mapping[str, torch.Tensor] = field(default_factory=dict)  # masks now in force
     starting_epoch: int = 0          # the policy's first firing epoch
+    options: PolicyOptions = DEFAULT_OPTIONS
+
+    def __init__(self, epoch: int, event: int = 0, n_events: int = 1,
+                 minibatch_id: Optional[int] = None, minibatches_per_epoch: Optional[int] = None,
+                 model: Any = None, args: Optional[Mapping[str, Any]] = None,
+                 current: Optional[Mapping[str, torch.Tensor]] = None, starting_epoch: int = 0,
+                 options: Optional[PolicyOptions] = None):
+        self.epoch, self.event, self.n_events = epoch, event, n_events
+        self.minibatch_id, self.minibatches_per_epoch = minibatch_id, minibatches_per_epoch
+        self.model = model
+        self.current = {} if current is None else current
+        self.starting_epoch = starting_epoch
+        if options is not None and args:
+            raise TypeError("PruneContext takes options or args (a mapping of the same), not both")
+        # ``args``: the policy options as a plain mapping, as before they were typed (validated)
+        self.options = options if options is not None else (
+            PolicyOptions.from_args(args) if args else DEFAULT_OPTIONS)
+
+    @property
+    def args(self) -> Dict[str, Any]:
+        """The options as a plain dict (the former field; read ``options`` instead)."""
+        return self.options.as_args()
 
 
 class Pruner:

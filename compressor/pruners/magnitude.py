@@ -123,7 +123,7 @@ class SparsityLevelParameterPruner(_PerNamePruner):
         return check_sparsity(key, value)
 
     def tensor_mask(self, name, weight, ctx):
-        level = ctx.args.get("levels", {}).get(name, self.values[name])
+        level = ctx.options.levels.get(name, self.values[name])
         return level_mask(weight, level) if level > 0 else None
 
 

@@ -21,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 
 from ..errors import ComponentArgError, listing, suggest
 from ..example_input import example_input_of
-from ..policies import ScheduledTrainingPolicy
+from ..events import ScheduledTrainingPolicy, StepContext
 from ..registry import EXTENSIONS
 from .api import thin
 from .plan import MODES, ThinningResult
@@ -76,14 +76,13 @@ class StructureRemover(ScheduledTrainingPolicy):
             return tuple(DATASETS[key].input_shape)
         return None
 
-    def on_minibatch_begin(self, epoch, minibatch_id, minibatches_per_epoch, store, model,
-                           optimizer=None):
-        if self.done_epoch == epoch:
+    def on_minibatch_begin(self, ctx: StepContext) -> None:
+        if self.done_epoch == ctx.epoch:
             return
-        self.done_epoch = epoch
-        shape = self.input_shape if self.input_shape is not None else example_input_of(model)
-        self.last_result = thin(model, self.thinning_func_str, shape,
-                                optimizer=optimizer, store=store)
+        self.done_epoch = ctx.epoch
+        shape = self.input_shape if self.input_shape is not None else example_input_of(ctx.model)
+        self.last_result = thin(ctx.model, self.thinning_func_str, shape,
+                                optimizer=ctx.optimizer, store=ctx.store)
         if self.last_result.changed:
             self.n_thinned += 1
 
