@@ -3,6 +3,8 @@
 Every function here reads its input and returns a number; nothing is modified, nothing is printed.
 The definitions follow Distiller's ``distiller/utils.py`` so that numbers reported by both projects
 agree, including Distiller's "transposed GEMM" naming of rows and columns (see ``sparsity_cols``).
+The structures counted (kernels, filters, channels, stored rows and columns) are the partitions
+that ``groups.py`` defines, so a structure means the same here as in pruners and regularizers.
 
 Conventions shared by all functions:
 
@@ -21,6 +23,8 @@ from typing import Iterable, Iterator, NamedTuple, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from .groups import group_norms
 
 __all__ = [
     "density", "sparsity",
@@ -58,20 +62,17 @@ def sparsity(t: torch.Tensor) -> float:
 # Structured
 
 
-def _zero_struct_fraction(t: torch.Tensor, struct_dims: Sequence[int]) -> float:
-    """Fraction of structures that are entirely zero.
+def _zero_group_fraction(t: torch.Tensor, group_type: str) -> float:
+    """Fraction of the groups of ``group_type`` (``groups.py``) that are entirely zero.
 
-    A structure is one index along the dimensions *not* in ``struct_dims``, i.e. the reduction
-    runs over ``struct_dims``.  Counting ``!= 0`` (not summing ``abs``) keeps the answer exact
-    when positive and negative values would cancel or underflow.
+    Counting non-zeros (not summing ``abs``) keeps the answer exact when positive and negative
+    values would cancel or underflow.
     """
     if t.numel() == 0:
         # Structures with no element hold no zero either: report them as dense.
         return 0.0
-    nonzero = (t.detach() != 0)
-    if struct_dims:
-        nonzero = nonzero.any(dim=tuple(struct_dims))
-    return 1.0 - int(nonzero.sum()) / nonzero.numel()
+    nnz = group_norms(t.detach(), group_type, "nnz")
+    return 1.0 - int((nnz != 0).sum()) / nnz.numel()
 
 
 def sparsity_2D(t: torch.Tensor) -> float:
@@ -84,9 +85,9 @@ def sparsity_2D(t: torch.Tensor) -> float:
     * Any other rank: ``0.0``.
     """
     if t.dim() == 4:
-        return _zero_struct_fraction(t, (2, 3))
+        return _zero_group_fraction(t, "2D")
     if t.dim() == 2:
-        return _zero_struct_fraction(t, (1,))
+        return _zero_group_fraction(t, "OutputNeurons")
     return 0.0
 
 
@@ -99,7 +100,7 @@ def sparsity_3D(t: torch.Tensor) -> float:
     """Fraction of all-zero filters ``t[o, :, :, :]`` of a 4D weight; ``0.0`` for other ranks."""
     if t.dim() != 4:
         return 0.0
-    return _zero_struct_fraction(t, (1, 2, 3))
+    return _zero_group_fraction(t, "Filters")
 
 
 def density_3D(t: torch.Tensor) -> float:
@@ -111,7 +112,7 @@ def non_zero_channels(t: torch.Tensor) -> torch.Tensor:
     """Indices of the input channels ``t[:, c, :, :]`` of a 4D weight holding a non-zero value."""
     if t.dim() != 4:
         raise ValueError(f"non_zero_channels expects a 4D tensor, got shape {tuple(t.shape)}")
-    return torch.nonzero((t.detach() != 0).any(dim=(0, 2, 3))).flatten()
+    return torch.nonzero(group_norms(t.detach(), "Channels", "nnz")).flatten()
 
 
 def sparsity_ch(t: torch.Tensor) -> float:
@@ -122,7 +123,7 @@ def sparsity_ch(t: torch.Tensor) -> float:
     """
     if t.dim() != 4:
         return 0.0
-    return _zero_struct_fraction(t, (0, 2, 3))
+    return _zero_group_fraction(t, "Channels")
 
 
 def density_ch(t: torch.Tensor) -> float:
@@ -139,7 +140,7 @@ def sparsity_matrix(t: torch.Tensor, dim: int) -> float:
         raise ValueError(f"dim must be 0 or 1, got {dim}")
     if t.dim() != 2:
         return 0.0
-    return _zero_struct_fraction(t, (1 - dim,))
+    return _zero_group_fraction(t, "OutputNeurons" if dim == 0 else "InputFeatures")
 
 
 def sparsity_cols(t: torch.Tensor, transposed: bool = True) -> float:

@@ -27,7 +27,7 @@ from torch import nn
 from tabulate import tabulate
 
 from .atomic import atomic_write
-
+from .masks import unwrap
 from .metrics import (DEFAULT_PARAM_DIMS, DEFAULT_PARAM_TYPES, selected_params, size_to_str,
                       sparsity_2D, sparsity_3D, sparsity_ch, sparsity_cols, sparsity_rows)
 
@@ -70,14 +70,6 @@ def _frame(rows: List[List[Any]], columns: Tuple[str, ...]) -> pd.DataFrame:
         else:
             df[col] = df[col].astype("float64")
     return df
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside ``DataParallel`` / ``DistributedDataParallel`` wrappers."""
-    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    while isinstance(model, parallel):
-        model = model.module
-    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,13 +213,13 @@ def model_performance_summary(model: nn.Module, dummy_input: Any,
     layer = in_features x out_features per input vector.  ``NNZ MACs`` counts only the MACs
     whose weight is non-zero: MACs x nnz(weight) / numel(weight), exactly.
 
-    ``DataParallel``/``DistributedDataParallel`` wrappers are removed first (the forward pass runs
-    on the wrapped module, on one device) and names are relative to the wrapped module, as in
-    Distiller.
+    ``DataParallel``/``DistributedDataParallel`` (and ``torch.compile``) wrappers are removed first
+    (the forward pass runs on the wrapped module, on one device) and names are relative to the
+    wrapped module, as in Distiller.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    net = _unwrap(model)
+    net = unwrap(model)
     names = {id(m): name for name, m in net.named_modules()}
     first = _first_tensor(dummy_input)
     n_dummy = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
