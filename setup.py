@@ -12,7 +12,9 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["compressor", "compressor.*"]),
+    # the library, and the command-line apps that drive it (kept out of the library package)
+    packages=find_packages(include=["compressor", "compressor.*", "compressor_apps",
+                                    "compressor_apps.*"]),
     install_requires=[
         "torch>=2.1",
         "pyyaml>=5.4",
@@ -28,6 +30,9 @@ setup(
         "onnx": ["onnx>=1.14"],                   # --export-onnx
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0", "pillow>=9", "matplotlib>=3.5"],
     },
-    entry_points={"console_scripts": ["compress-classifier=compressor.cli.compress_classifier:main"]},
+    entry_points={"console_scripts": [
+        "compress-classifier=compressor_apps.compress_classifier:main",
+        "compare-checkpoints=compressor_apps.compare:main",
+    ]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )

@@ -12,7 +12,7 @@ still built inside their time):
      loss meters);
 (b)  ``scheduler.on_epoch_begin(0)`` (AGP prunes every conv/linear weight to 50%) and
      ``train_epoch`` with that scheduler (masks re-applied after every step);
-(c)  ``compressor.cli.compress_classifier.main([...])`` for one epoch with the same schedule as a
+(c)  ``compressor_apps.compress_classifier.main([...])`` for one epoch with the same schedule as a
      YAML file: it also reads MNIST from its gzip files, builds the model, validates on 6,000 images,
      prints sparsity tables, writes metrics.csv and two checkpoints, and tests on 10,000 images
      (``--quick``: fractions of them). Its wall time is reported apart, with the epoch_seconds
@@ -195,7 +195,7 @@ def run(quick: bool = False) -> str:
             "--effective-valid-size", str(valid_frac), "--effective-test-size", str(test_frac),
             "--compress", yaml_path, "--seed", str(SEED), "--cpu", "--no-progress-bar",
             "--print-freq", "100000", "--out-dir", out_dir, "--name", "bench"]
-        from compressor.cli.compress_classifier import main
+        from compressor_apps.compress_classifier import main
         with quiet_app_logging() as sink:
             t0 = time.perf_counter()
             rc = main(argv)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .atomic import atomic_write
 from . import checkpoint_distiller as distiller_format
-from .errors import CheckpointError, CheckpointNotFoundError
+from .errors import CheckpointError, CheckpointNotFoundError, OptimizerMismatchError
 from .masks import unwrap
 
 FORMAT = "compressor-checkpoint"
@@ -210,8 +210,7 @@ def restore(ckpt: Mapping[str, Any], model: nn.Module, optimizer=None, scheduler
     if optimizer is not None and ckpt.get("optimizer_state_dict") is not None:
         saved_type = ckpt.get("optimizer_type")
         if saved_type and saved_type != type(optimizer).__name__:
-            raise CheckpointError(f"{path}: optimizer state is for {saved_type}, not "
-                                  f"{type(optimizer).__name__}; use --reset-optimizer to start a new one")
+            raise OptimizerMismatchError(path, saved_type, type(optimizer).__name__)
         try:
             optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         except (ValueError, KeyError, RuntimeError) as e:

@@ -42,6 +42,15 @@ class CheckpointError(CompressorError, ValueError):
     """A checkpoint file is missing, damaged, unsafe or does not fit the model."""
 
 
+class OptimizerMismatchError(CheckpointError):
+    """The checkpoint's optimizer state is for another optimizer class than the one given."""
+
+    def __init__(self, path: str, saved: str, given: str):
+        self.path, self.saved, self.given = path, saved, given
+        super().__init__(f"{path}: optimizer state is for {saved}, not {given}; restore without an "
+                         f"optimizer (or with a new one) to start afresh")
+
+
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint file does not exist; also a ``FileNotFoundError``, as Distiller raised."""
 

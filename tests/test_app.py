@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from compressor.checkpoint import read_checkpoint
-from compressor.cli.compress_classifier import main
+from compressor_apps.compress_classifier import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGP = os.path.join(ROOT, "schedules", "agp", "simplenet_mnist.yaml")
@@ -171,7 +171,7 @@ def test_help_is_grouped():
 def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     """A stop request (SIGINT/SIGTERM) is honoured after the current step; the checkpoint it leaves
     resumes at the next minibatch and ends bit-identical to a run that never stopped."""
-    from compressor.cli import epochs
+    from compressor_apps import epochs
     common = FAST + ["--compress", AGP, "--deterministic", "--epochs", "5"]
     assert main(common + ["-o", str(tmp_path / "full")]) == 0
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compressor.checkpoint import read_checkpoint, save_checkpoint
-from compressor.cli.compress_classifier import main
+from compressor_apps.compress_classifier import main
 from compressor.models import create_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

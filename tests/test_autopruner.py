@@ -238,8 +238,8 @@ def test_the_app_stopped_mid_gating_resumes_to_the_same_thinned_network(tmp_path
     import signal
 
     from compressor.checkpoint import read_checkpoint
-    from compressor.cli import epochs
-    from compressor.cli.compress_classifier import main
+    from compressor_apps import epochs
+    from compressor_apps.compress_classifier import main
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     common = ["--arch", "lenet5_bn", "--dataset", "digits", "-b", "64", "--etrs", "0.4", "--lr", "0.05",

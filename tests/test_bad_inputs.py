@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from compressor.cli.compress_classifier import main
+from compressor_apps.compress_classifier import main
 from compressor.models import create_model
 from compressor.checkpoint import save_checkpoint
 from compressor.thinning import contract_model
@@ -66,6 +66,9 @@ def files(tmp_path_factory):
     contract_model(thinned, (1, 28, 28))
     assert thinned.conv1.out_channels == 10
     save_checkpoint(str(d / "thinned.pth.tar"), thinned, arch="simplenet_mnist", dataset="digits", epoch=0)
+    sgd_model = create_model("simplenet_mnist")
+    save_checkpoint(str(d / "sgd.pth.tar"), sgd_model, torch.optim.SGD(sgd_model.parameters(), lr=0.1),
+                    arch="simplenet_mnist", dataset="digits", epoch=0)
     data = open(good, "rb").read()
     (d / "truncated.pth.tar").write_bytes(data[: len(data) // 3])
     torch.save({"state_dict": {}, "payload": Evil()}, d / "pickled.pth.tar")
@@ -74,7 +77,7 @@ def files(tmp_path_factory):
     from hostile_data import make_bad_data   # dataset files for the 3xx cases
     data_files = make_bad_data(d / "data")
     return {**data_files, "tmp": str(d), "empty_dir": str(d / "empty"), "ckpt_good": good,
-            "ckpt_thinned": str(d / "thinned.pth.tar"),
+            "ckpt_thinned": str(d / "thinned.pth.tar"), "ckpt_sgd": str(d / "sgd.pth.tar"),
             "ckpt_truncated": str(d / "truncated.pth.tar"), "ckpt_pickled": str(d / "pickled.pth.tar"),
             "ckpt_plain": str(d / "plain.pt"),
             "ckpt_distiller_quantizer": str(d / "distiller_quantizer.pth.tar")}

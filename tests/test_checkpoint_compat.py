@@ -55,7 +55,7 @@ def test_the_schedule_resumes_from_it_with_every_policy_state():
 
 
 def test_the_app_resumes_from_it(tmp_path):
-    from compressor.cli.compress_classifier import main
+    from compressor_apps.compress_classifier import main
     rc = main(["--arch", "simplenet_mnist", "--dataset", "digits", "--epochs", "7", "-b", "128",
                "--lr", "0.05", "--resume-from", CKPT, "--compress", SCHEDULE, "-o", str(tmp_path)])
     assert rc in (0, None)

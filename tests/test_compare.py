@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from compressor.cli.compare import main as compare
-from compressor.cli.compress_classifier import main as app
+from compressor_apps.compare import main as compare
+from compressor_apps.compress_classifier import main as app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGP = os.path.join(ROOT, "schedules", "agp", "simplenet_mnist.yaml")

@@ -843,7 +843,7 @@ def test_bad_image_is_one_line_in_loader_and_app(tmp_path, workers, capsys):
     with pytest.raises(DatasetError) as e:
         next(iter(train))
     assert re.fullmatch(r"cannot read image .*/train/(cat|dog)/0\.png: .+", str(e.value))
-    from compressor.cli.compress_classifier import main
+    from compressor_apps.compress_classifier import main
     code = main(["--arch", "resnet18", str(root), "-b", "2", "-j", str(workers), "--epochs", "1",
                  "-o", str(tmp_path / "out"), "--cpu"])
     err = capsys.readouterr().err.strip().splitlines()

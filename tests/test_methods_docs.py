@@ -4,7 +4,7 @@ For every markdown file there:
 
 - every ``schedules/...yaml`` path it mentions exists (a glob must match at least one file);
 - every ``python apps/compress_classifier.py ...`` command uses only options of the app's parser
-  (``compressor.cli.parser.build_parser``), and the whole command parses;
+  (``compressor_apps.parser.build_parser``), and the whole command parses;
 - every relative link resolves to an existing file or folder, and an ``#anchor`` into a markdown
   file names one of its headings.
 """
@@ -15,7 +15,7 @@ import shlex
 
 import pytest
 
-from compressor.cli.parser import build_parser
+from compressor_apps.parser import build_parser
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ROOT / "docs" / "methods"

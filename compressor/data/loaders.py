@@ -13,24 +13,20 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..errors import listing, suggest
 from .base import ArraySplits, DatasetError
+from .catalog import CATALOG, dataset_spec
 from .samplers import EpochSampler, generator, split_indices
 from .transforms import Normalize, random_crop_flip
 
-DATASETS = ("cifar10", "digits", "imagenet", "mnist")
+# Views of the one dataset table (catalog.CATALOG), under the names users and docs know.
+DATASETS = tuple(sorted(CATALOG))
 
 #: Per-channel (mean, std) applied after scaling pixels to [0, 1].
 NORMALIZATION: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),  # MNIST's training-set statistics, as Distiller uses
-    "digits": ((0.1558,), (0.2769,)),  # the framed digits' training-set statistics
-    "cifar10": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # Distiller's choice: maps [0, 1] to [-1, 1]
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
+    name: (spec.mean, spec.std) for name, spec in CATALOG.items()}
 
 #: Shape of one input sample (C, H, W), e.g. for the example input that thinning traces.
-INPUT_SHAPES = {"mnist": (1, 28, 28), "digits": (1, 28, 28), "cifar10": (3, 32, 32),
-                "imagenet": (3, 224, 224)}
+INPUT_SHAPES = {name: spec.input_shape for name, spec in CATALOG.items()}
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -187,21 +183,16 @@ def check_num_classes(loader: _SampledLoader, outputs: int, model_name: str,
 
 def dataset_name(dataset: str) -> str:
     """The canonical name (lower case) of a known dataset, or ``DatasetError`` listing them."""
-    name = str(dataset).lower()
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset '{dataset}'{suggest(name, DATASETS)}; known: "
-                           f"{listing(DATASETS)}")
-    return name
+    dataset_spec(dataset)
+    return str(dataset).lower()
 
 
 def read_arrays(name: str, data_dir: Optional[str]) -> ArraySplits:
     """Read an in-memory dataset (mnist, cifar10, digits) into uint8 tensors."""
-    from .cifar import load_cifar10
-    from .digits import load_digits28
-    from .mnist import load_mnist
-    if name == "digits":
-        return load_digits28()
-    return {"mnist": load_mnist, "cifar10": load_cifar10}[name](data_dir)
+    reader = dataset_spec(name).reader
+    if reader is None:
+        raise DatasetError(f"dataset '{name}' is read from image folders, not into memory")
+    return reader(data_dir)
 
 
 def load_data(dataset: str, data_dir: Optional[str], batch_size: int, workers: int = 0,
@@ -227,7 +218,8 @@ def load_data(dataset: str, data_dir: Optional[str], batch_size: int, workers: i
         raise DatasetError(f"workers={workers!r} must be a non-negative integer")
     if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
         raise DatasetError(f"validation_split={validation_split!r} must be in [0, 1)")
-    if name != "digits":
+    spec = dataset_spec(name)
+    if spec.needs_dir:
         if not data_dir:
             raise DatasetError(f"dataset '{name}' needs a data directory (only 'digits' is built "
                                f"in)")
@@ -237,10 +229,10 @@ def load_data(dataset: str, data_dir: Optional[str], batch_size: int, workers: i
         split_seed = 0
     else:
         split_seed = seed
-    mean, std = NORMALIZATION[name]
+    mean, std = spec.mean, spec.std
     common = dict(num_replicas=num_replicas, rank=rank)
 
-    if name == "imagenet":
+    if spec.reader is None:   # image folders, decoded by workers
         from .imagefolder import ImageFolder, find_image_folders
         train_dir, val_dir = find_image_folders(data_dir)
         train_set = ImageFolder(train_dir, train=True, mean=mean, std=std)
@@ -262,7 +254,7 @@ def load_data(dataset: str, data_dir: Optional[str], batch_size: int, workers: i
         return train, valid, test
 
     arrays = read_arrays(name, data_dir)
-    augment = random_crop_flip if name == "cifar10" else None
+    augment = random_crop_flip if spec.augment else None
     train_idx, valid_idx = split_indices(len(arrays.train_images), validation_split, split_seed)
     memory = dict(common, mean=mean, std=std, classes=arrays.classes)
     train = InMemoryLoader(arrays.train_images, arrays.train_labels, batch_size, indices=train_idx,

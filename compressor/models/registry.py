@@ -1,5 +1,7 @@
 """The architecture registry: name -> (constructor, dataset), and the datasets' input facts.
 
+The datasets' facts (input shape, classes) come from the one dataset table, ``compressor.data.catalog``.
+
 Every model the zoo can build is registered here under a lower-case name, either by the
 ``@architecture`` decorator in its family module or by a user's ``register_model``. torchvision's
 classification models join lazily, the first time a name is looked up that we do not define or the
@@ -11,6 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Opt
 
 import torch.nn as nn
 
+from ..data.catalog import CATALOG, MODEL_DATASETS
 from ..errors import CompressorError, listing, suggest
 from .torchvision_models import TorchvisionBuilder, torchvision_models, torchvision_names
 
@@ -36,11 +39,11 @@ class DatasetInfo(NamedTuple):
     num_classes: int
 
 
-DATASETS: Dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo((1, 28, 28), 10),
-    "cifar10": DatasetInfo((3, 32, 32), 10),
-    "imagenet": DatasetInfo((3, 224, 224), 1000),
-}
+# The datasets models are built for, as the zoo describes them: a view of the one dataset table,
+# compressor.data.catalog (digits is read by the data layer but served to MNIST models).
+DATASETS: Dict[str, DatasetInfo] = {name: DatasetInfo(CATALOG[name].input_shape,
+                                                      CATALOG[name].num_classes)
+                                    for name in MODEL_DATASETS}
 
 
 class ArchSpec(NamedTuple):

@@ -9,12 +9,13 @@ import os
 import torch
 from torch import nn
 
-from .. import checkpoint as ckpt_io
-from .. import models, summary
-from ..atomic import atomic_write
-from .. import sensitivity as sens
-from ..thinning import analyze, contract_model
-from .common import UsageError, table, weight_stats
+from compressor import checkpoint as ckpt_io
+from compressor import models, summary
+from compressor.atomic import atomic_write
+from compressor import sensitivity as sens
+from compressor.thinning import analyze, contract_model
+from .common import table, weight_stats
+from .run_config import RunConfig, UsageError
 
 log = logging.getLogger("compressor.app")
 
@@ -24,9 +25,9 @@ def total_macs(model: nn.Module, shape) -> int:
     return int(summary.compute_totals(df)["MACs"])
 
 
-def run_summaries(args, model, dataset: str) -> None:
+def run_summaries(config: RunConfig, model: nn.Module, dataset: str) -> None:
     shape = models.input_shape(dataset)
-    for what in args.summary:
+    for what in config.summary:
         if what == "sparsity":
             df, total, _ = weight_stats(model)
             print("Parameters:\n" + table(df) + f"\nTotal sparsity: {total:.2f}")
@@ -41,17 +42,18 @@ def run_summaries(args, model, dataset: str) -> None:
             print(analyze(model, shape).text())
 
 
-def export_onnx(args, model, dataset: str) -> None:
+def export_onnx(config: RunConfig, model: nn.Module, dataset: str) -> None:
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise UsageError("--export-onnx needs the onnx package: pip install 'compressor[onnx]'") from None
     model.eval()
-    torch.onnx.export(model, (torch.zeros(1, *models.input_shape(dataset)),), args.export_onnx)
-    log.info("Exported the model to %s", args.export_onnx)
+    torch.onnx.export(model, (torch.zeros(1, *models.input_shape(dataset)),), config.export_onnx)
+    log.info("Exported the model to %s", config.export_onnx)
 
 
-def thinnify(args, model, optimizer, scheduler, ckpt: dict, source: str, run_dir: str, dataset: str) -> str:
+def thinnify(config: RunConfig, model: nn.Module, optimizer, scheduler, ckpt: dict, source: str,
+             run_dir: str, dataset: str) -> str:
     """Thin the loaded checkpoint's model and save it; returns the new checkpoint's path."""
     shape = models.input_shape(dataset)
     before = summary.model_performance_summary(model, torch.zeros(1, *shape))
@@ -70,29 +72,29 @@ def thinnify(args, model, optimizer, scheduler, ckpt: dict, source: str, run_dir
                     "model differs slightly from the masked one", result.nonzero_bias_removed)
     stem = os.path.basename(source).split(".")[0]
     path = os.path.join(run_dir, f"{stem}_thinned_checkpoint.pth.tar")
-    ckpt_io.save_checkpoint(path, model, optimizer, scheduler, arch=args.arch, dataset=ckpt.get("dataset"),
+    ckpt_io.save_checkpoint(path, model, optimizer, scheduler, arch=config.arch, dataset=ckpt.get("dataset"),
                             epoch=ckpt.get("epoch"), extras=ckpt.get("extras", {}))
     log.info("Saved the thinned checkpoint to %s", path)
     return path
 
 
-def sensitivity(args, model, loader, criterion, device, run_dir: str) -> None:
-    levels = sens.sensitivity_range(*args.sense_range)
-    log.info("Sensitivity analysis (%s) at %d levels %s", args.sense, len(levels),
+def sensitivity(config: RunConfig, model: nn.Module, loader, criterion, device, run_dir: str) -> None:
+    levels = sens.sensitivity_range(*config.sense_range)
+    log.info("Sensitivity analysis (%s) at %d levels %s", config.sense, len(levels),
              ", ".join(f"{x:g}" for x in levels))
     df = sens.perform_sensitivity_analysis(
-        model, None, levels, sens.evaluator(loader, criterion, device), args.sense)
+        model, None, levels, sens.evaluator(loader, criterion, device), config.sense)
     log.info("Top-1 by layer and sparsity:\n%s", summary.render(sens.sensitivity_table(df)))
     sens.sensitivities_to_csv(df, os.path.join(run_dir, "sensitivity.csv"))
     try:
         sens.sensitivities_to_png(df, os.path.join(run_dir, "sensitivity.png"))
     except sens.SensitivityError as e:
         log.info("No plot: %s", e)
-    ratios = sens.ratios_from_sensitivity(df, args.sense_max_drop)
-    text = sens.ratios_to_schedule(ratios, args.sense, model=model)
+    ratios = sens.ratios_from_sensitivity(df, config.sense_max_drop)
+    text = sens.ratios_to_schedule(ratios, config.sense, model=model)
     atomic_write(os.path.join(run_dir, "sensitivity_schedule.yaml"), lambda f: f.write(text), binary=False)
     log.info("Per-layer ratios within %.2f top-1 points: %s; schedule written to %s",
-             args.sense_max_drop, ", ".join(f"{k}={v:g}" for k, v in ratios.items()),
+             config.sense_max_drop, ", ".join(f"{k}={v:g}" for k, v in ratios.items()),
              os.path.join(run_dir, "sensitivity_schedule.yaml"))
 
 
@@ -103,11 +105,11 @@ def reinitialize(model: nn.Module) -> None:
             module.reset_parameters()
 
 
-def scratch_epochs(args, model, dataset: str) -> int:
+def scratch_epochs(config: RunConfig, model: nn.Module, dataset: str) -> int:
     """Scratch-B: as many epochs as give the same total compute as the dense model's run."""
     shape = models.input_shape(dataset)
-    dense = models.create_model(args.scratch_dense_arch or args.arch, dataset)
+    dense = models.create_model(config.scratch_dense_arch or config.arch, dataset)
     ratio = total_macs(dense, shape) / max(total_macs(model, shape), 1)
-    epochs = int(math.ceil(args.epochs * ratio))
-    log.info("Scratch-B: dense/thinned MACs = %.2f, so %d epochs instead of %d", ratio, epochs, args.epochs)
+    epochs = int(math.ceil(config.epochs * ratio))
+    log.info("Scratch-B: dense/thinned MACs = %.2f, so %d epochs instead of %d", ratio, epochs, config.epochs)
     return epochs

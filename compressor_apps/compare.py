@@ -16,12 +16,13 @@ from typing import List, Optional
 
 import torch
 
-from .. import checkpoint as ckpt_io
-from .. import models, summary
-from ..data import load_data
-from ..errors import CompressorError
-from ..training import predictions
+from compressor import checkpoint as ckpt_io
+from compressor import models, summary
+from compressor.data import load_data
+from compressor.errors import CompressorError
+from compressor.training import predictions
 from .common import weight_stats
+from .run_config import model_dataset_of
 
 
 def describe(path: str, data_dir: Optional[str], batch_size: int):
@@ -29,7 +30,7 @@ def describe(path: str, data_dir: Optional[str], batch_size: int):
     arch, dataset = ckpt.get("arch"), ckpt.get("dataset") or None
     if not arch:
         raise CompressorError(f"{path}: the checkpoint names no architecture")
-    model_dataset = "mnist" if dataset == "digits" else (dataset or models.dataset_of(arch))
+    model_dataset = model_dataset_of(dataset) if dataset else models.dataset_of(arch)
     model = models.create_model(arch, model_dataset)
     ckpt_io.restore(ckpt, model, path=path)
     _, _, test = load_data(dataset or model_dataset, data_dir, batch_size, validation_split=0.0)

@@ -12,14 +12,15 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .. import checkpoint as ckpt_io
-from .. import summary
-from ..activations import ActivationStatsCollector
-from ..distributed import broadcast_masks, reduce_mean, reduce_sum_tensor
-from ..training import EpochStats, evaluate, train_epoch
+from compressor import checkpoint as ckpt_io
+from compressor import summary
+from compressor.activations import ActivationStatsCollector
+from compressor.distributed import broadcast_masks, reduce_mean, reduce_sum_tensor
+from compressor.training import EpochStats, evaluate, train_epoch
 from .best import BestScores
 from .common import table, weight_stats
 from .progress import Progress, use_bar
+from .run_config import RunConfig
 
 log = logging.getLogger("compressor.app")
 
@@ -61,7 +62,8 @@ class StopFlag:
 @dataclass
 class Loop:
     """Everything the epoch loop needs, built by the app."""
-    args: Any
+    config: RunConfig
+    epochs: int                         # the final epoch (scratch-B's differs from config.epochs)
     model: torch.nn.Module              # the plain model (scheduler, checkpoints, evaluation)
     train_model: torch.nn.Module        # what trains: the model, or its DDP wrapper
     optimizer: Any
@@ -97,7 +99,7 @@ class Loop:
             return None
         path = os.path.join(self.run_dir, "checkpoint.pth.tar")
         ckpt_io.save_checkpoint(path, self.model, self.optimizer, self.scheduler,
-                                arch=self.args.arch, dataset=self.dataset, epoch=epoch, extras=extras)
+                                arch=self.config.arch, dataset=self.dataset, epoch=epoch, extras=extras)
         return path
 
     def extras(self, **more) -> dict:
@@ -108,14 +110,14 @@ class Loop:
                 "best_epoch": best[0]["epoch"] if best else None, **more}
 
     def observed(self, phase: str):
-        return ActivationStatsCollector(self.model) if phase in self.args.activation_stats else None
+        return ActivationStatsCollector(self.model) if phase in self.config.activation_stats else None
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, start_epoch: int, skip: int = 0) -> int:
-        """Train epochs start_epoch .. args.epochs-1; returns the exit code."""
-        bar = use_bar(self.args.no_progress_bar) and self.run_dir is not None
+        """Train epochs start_epoch .. self.epochs-1; returns the exit code."""
+        bar = use_bar(self.config.no_progress_bar) and self.run_dir is not None
         with StopFlag(self.distributed) as stop:
-            for epoch in range(start_epoch, self.args.epochs):
+            for epoch in range(start_epoch, self.epochs):
                 if hasattr(self.train_loader, "set_epoch"):
                     self.train_loader.set_epoch(epoch)
                 resuming = skip > 0 and epoch == start_epoch
@@ -125,7 +127,7 @@ class Loop:
                         broadcast_masks(self.scheduler.store)
                 log.info("Training epoch %d: %d samples (%d per mini-batch)%s", epoch,
                          self.train_loader.dataset_size * (dist.get_world_size() if self.distributed else 1),
-                         self.args.batch_size, f", resuming at minibatch {skip}" if resuming else "")
+                         self.config.batch_size, f", resuming at minibatch {skip}" if resuming else "")
                 stats = self.train_one(epoch, bar, stop, skip if resuming else 0)
                 if stats.next_minibatch is not None:
                     path = self.save(epoch - 1, self.extras(resume_epoch=epoch,
@@ -145,7 +147,7 @@ class Loop:
             stats = train_epoch(self.train_model, self.train_loader, self.criterion, self.optimizer,
                                 epoch, self.scheduler, self.device,
                                 progress=Progress(f"Epoch: [{epoch}]", bar) if self.run_dir else None,
-                                print_freq=self.args.print_freq, stop=stop, skip=skip)
+                                print_freq=self.config.print_freq, stop=stop, skip=skip)
         finally:
             if acts is not None:
                 acts.__exit__(None, None, None)
@@ -184,7 +186,7 @@ class Loop:
         self.log_thinning(epoch)
         df, total_sparsity, nnz = weight_stats(self.model)
         log.info("Parameters:\n%s\nTotal sparsity: %.2f", table(df), total_sparsity)
-        if self.args.masks_sparsity and self.scheduler is not None:
+        if self.config.masks_sparsity and self.scheduler is not None:
             log.info("Mask sparsity:\n%s", table(summary.masks_sparsity_summary(self.scheduler.masks)))
 
         loader = self.valid_loader or self.test_loader
@@ -197,7 +199,7 @@ class Loop:
 
         is_best = self.best.add({"epoch": epoch, "top1": val.top1, "top5": val.top5,
                                  "sparsity": total_sparsity, "nnz": nnz})
-        log.info(self.best.describe(self.args.num_best_scores))
+        log.info(self.best.describe(self.config.num_best_scores))
         self.metrics_rows.append({
             "epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_overall_loss": stats.overall_loss,
             **{f"train_{k}": v for k, v in stats.components.items()},
@@ -216,7 +218,7 @@ class Loop:
 
     def test(self, num_classes=None) -> EpochStats:
         log.info("--- test ---------------------")
-        result = self.evaluate(self.test_loader, "test", num_classes if self.args.confusion else None)
+        result = self.evaluate(self.test_loader, "test", num_classes if self.config.confusion else None)
         log.info("==> Top1: %.3f    Top5: %.3f    Loss: %.3f", result.top1, result.top5, result.loss)
         if result.confusion is not None:
             log.info("Confusion matrix (rows: true class, columns: predicted):\n%s",

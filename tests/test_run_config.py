@@ -1,0 +1,68 @@
+"""The app's RunConfig (frozen, checked once, Distiller's --resume resolved) and the one dataset
+table that the data loaders and the model zoo both read."""
+import dataclasses
+
+import pytest
+
+from compressor import data, models
+from compressor.data.catalog import CATALOG, MODEL_DATASETS, dataset_spec
+from compressor_apps.parser import build_parser
+from compressor_apps.run_config import RunConfig, UsageError, model_dataset_of, pending_warnings
+
+
+def config(*argv):
+    return RunConfig.from_args(build_parser().parse_args(list(argv)))
+
+
+def test_every_parser_option_is_a_field_and_the_defaults_agree():
+    parsed = vars(build_parser().parse_args([]))
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert set(parsed) - fields == {"deprecated_resume"}     # resolved into resume_from
+    made = config()
+    for name in fields:
+        value = parsed[name]
+        expected = tuple(value) if isinstance(value, list) else (() if value is None and
+                                                                 name == "summary" else value)
+        assert getattr(made, name) == expected, name
+
+
+def test_the_config_is_frozen():
+    c = config("--epochs", "3")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.epochs = 5
+
+
+def test_what_the_options_imply():
+    c = config("--arch", "lenet5", "--dataset", "DIGITS")
+    assert (c.dataset_name, c.model_dataset, c.checkpoint, c.full_resume) == \
+        ("digits", "mnist", None, False)
+    assert config("--arch", "resnet20_cifar").dataset_name == "cifar10"
+    assert model_dataset_of("cifar100") == "cifar100"     # unknown: the zoo reports it
+
+
+def test_deprecated_resume_becomes_resume_from_with_a_new_optimizer(tmp_path):
+    path = tmp_path / "c.pth.tar"
+    path.write_bytes(b"x")
+    c = config("--resume", str(path))
+    assert (c.resume_from, c.reset_optimizer, c.full_resume) == (str(path), True, False)
+    assert any("--resume is deprecated" in w for w in pending_warnings)
+    pending_warnings.clear()
+
+
+def test_a_bad_option_is_one_usage_error():
+    with pytest.raises(UsageError, match=r"^--epochs must be >= 0; got -1$"):
+        config("--epochs", "-1")
+
+
+def test_one_dataset_table_behind_every_view():
+    assert data.DATASETS == tuple(sorted(CATALOG))
+    for name, spec in CATALOG.items():
+        assert data.INPUT_SHAPES[name] == spec.input_shape
+        assert data.NORMALIZATION[name] == (spec.mean, spec.std)
+    assert set(models.DATASETS) == set(MODEL_DATASETS) == {"mnist", "cifar10", "imagenet"}
+    for name in MODEL_DATASETS:
+        assert models.input_shape(name) == CATALOG[name].input_shape
+        assert models.num_classes(name) == CATALOG[name].num_classes
+    assert dataset_spec("Digits").model_dataset == "mnist"
+    with pytest.raises(data.DatasetError, match=r"unknown dataset 'svhn'.*known: cifar10, digits"):
+        dataset_spec("svhn")
