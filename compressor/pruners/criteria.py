@@ -24,6 +24,10 @@ the *lowest* mean (Distiller pruned the highest). ``Taylor`` uses the absolute f
 of the loss change when a filter is removed (Molchanov et al.), so it prunes the filters with the
 smallest |sum(w * grad)|; Distiller kept the highest *signed* sum, which prunes the filters whose
 removal would raise the loss the most.
+
+The names are registered in ``registry.CRITERIA`` (looked up in any letter case; ``gradient``,
+``bn_gamma``, ``mean`` and ``mean_activation`` are accepted spellings). To add a criterion,
+subclass ``Criterion`` and register it with ``@CRITERIA.register(name="...")``.
 """
 from __future__ import annotations
 
@@ -35,7 +39,9 @@ from torch import nn
 
 from ..activations import ACTIVATIONS, ActivationStatsCollector
 from ..errors import ComponentArgError, listing, suggest
+from ..graph import conv_bn_pairs, following_activations
 from ..masks import unwrap
+from ..registry import CRITERIA
 from .granularity import FILTER_GROUP_TYPES
 
 
@@ -101,16 +107,19 @@ class Magnitude(Criterion):
         return granularity.norms(weight, self.norm).float()
 
 
+@CRITERIA.register(name="L1")
 class L1Magnitude(Magnitude):
     def __init__(self):
         super().__init__("mean_abs")
 
 
+@CRITERIA.register(name="L2")
 class L2Magnitude(Magnitude):
     def __init__(self):
         super().__init__("mean_l2")
 
 
+@CRITERIA.register(name="BNGamma", spellings=("bn_gamma",))
 class BatchNormGamma(Criterion):
     """|gamma| of the batch norm that directly follows the conv (Liu et al., network slimming).
 
@@ -127,7 +136,6 @@ class BatchNormGamma(Criterion):
         self._model = None
 
     def prepare(self, model, names, granularity):
-        from ..graph import conv_bn_pairs
         self._model = unwrap(model)
         pairs = conv_bn_pairs(model)
         module_name = {id(m): n for n, m in self._model.named_modules()}
@@ -183,7 +191,6 @@ class _ActivationCriterion(Criterion):
         self._model = None
 
     def prepare(self, model, names, granularity):
-        from ..graph import following_activations
         found = following_activations(model)
         kinds = ", ".join(c.__name__ for c in ACTIVATIONS)
         problems = {}
@@ -245,6 +252,7 @@ class _ActivationCriterion(Criterion):
                                         "count": int(e["count"])} for m, e in state["stats"].items()}
 
 
+@CRITERIA.register(name="APoZ")
 class APoZ(_ActivationCriterion):
     """Network trimming (Hu et al.): a channel that is zero more often is less important.
 
@@ -257,6 +265,7 @@ class APoZ(_ActivationCriterion):
         return 1.0 - entry["zeros"] / entry["count"]
 
 
+@CRITERIA.register(name="MeanActivation", spellings=("mean", "mean_activation"))
 class MeanActivation(_ActivationCriterion):
     """Mean activation of the channel (Molchanov et al.): the lowest means are pruned."""
 
@@ -266,6 +275,7 @@ class MeanActivation(_ActivationCriterion):
         return entry["sum"] / entry["count"]
 
 
+@CRITERIA.register(name="Taylor", spellings=("gradient",))
 class Taylor(Criterion):
     """First-order Taylor importance of a structure: |sum over the structure of w * dL/dw|.
 
@@ -350,6 +360,7 @@ class Taylor(Criterion):
         self.count = {k: int(v) for k, v in state.get("count", {}).items()}
 
 
+@CRITERIA.register(name="Random")
 class RandomScore(Criterion):
     """Uniform random scores, a baseline. Seeded by (seed, weight name, event, minibatch), so a
     step gives the same choice every time it is computed, including after a resume."""
@@ -364,29 +375,13 @@ class RandomScore(Criterion):
         return torch.rand(granularity.n_groups(weight.shape), generator=g).to(weight.device)
 
 
-#: Criterion names accepted in YAML (``criterion:``), case-insensitively.
-CRITERIA = {
-    "L1": L1Magnitude,
-    "L2": L2Magnitude,
-    "BNGamma": BatchNormGamma,
-    "APoZ": APoZ,
-    "MeanActivation": MeanActivation,
-    "Taylor": Taylor,
-    "Random": RandomScore,
-}
-_ALIASES = {"gradient": "Taylor", "bn_gamma": "BNGamma", "mean": "MeanActivation",
-            "mean_activation": "MeanActivation"}
-
-
 def make_criterion(name, seed: int = 0, key: str = "criterion") -> Criterion:
-    """The criterion called ``name`` (case-insensitive; see ``CRITERIA``)."""
+    """The criterion registered as ``name`` in ``registry.CRITERIA`` (any letter case)."""
     if isinstance(name, Criterion):
         return name
-    by_lower = {k.lower(): k for k in CRITERIA}
-    by_lower.update({k.lower(): v for k, v in _ALIASES.items()})
-    canonical = by_lower.get(str(name).lower()) if isinstance(name, str) else None
-    if canonical is None:
-        raise ComponentArgError(key, f"unknown criterion {name!r}{suggest(str(name), CRITERIA)}; "
-                                     f"valid: {listing(CRITERIA)}")
-    cls = CRITERIA[canonical]
+    cls = CRITERIA.find(name) if isinstance(name, str) else None
+    if cls is None:
+        valid = CRITERIA.names()
+        raise ComponentArgError(key, f"unknown criterion {name!r}{suggest(str(name), valid)}; "
+                                     f"valid: {listing(valid)}")
     return cls(seed) if cls is RandomScore else cls()
