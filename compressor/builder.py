@@ -18,7 +18,7 @@ from torch import nn
 
 from . import config as cfg
 from .errors import ComponentArgError, ScheduleError, listing, suggest
-from .example_input import ExampleInput, as_sample_shape, example_input_of, record_first_input, \
+from .graph.example_input import ExampleInput, as_sample_shape, example_input_of, record_first_input, \
     set_example_input
 from .lr_schedulers import resume_position
 from .masks import normalize_name, unwrap

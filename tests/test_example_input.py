@@ -11,7 +11,7 @@ from torch import nn
 from compressor.builder import dict_config
 from compressor.config import loads
 from compressor.errors import ScheduleError
-from compressor.example_input import example_input_of
+from compressor.graph import example_input_of
 from compressor.thinning import analyze, remove_filters
 
 

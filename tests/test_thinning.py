@@ -15,7 +15,7 @@ from compressor.registry import EXTENSIONS
 from compressor.thinning import (StructureRemover, analyze, contract_model, coupled_filter_groups,
                                  remove_channels, remove_filters, replay, thin)
 from compressor.thinning.execute import apply_ops
-from compressor.thinning.graph import analyze_graph
+from compressor.graph import analyze_graph
 from conftest import assert_same_function  # noqa: F401 (test_thinning_property imports it)
 
 SHAPES = {"cifar10": (3, 32, 32), "mnist": (1, 28, 28), "imagenet": (3, 64, 64)}
@@ -332,7 +332,7 @@ def test_conv1d_and_transposed_conv():
 
 def test_shape_formulas_match_pytorch():
     """The shapes computed without running conv / pool / linear layers equal the real ones."""
-    from compressor.thinning.graph import _module_shape
+    from compressor.graph.shapes import module_shape as _module_shape
     rng = random.Random(0)
     checked = 0
     for _ in range(400):

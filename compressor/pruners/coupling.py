@@ -5,7 +5,7 @@ Two questions, both answered from the model's graph:
 - *Coupled weights* share one structure mask. ``group_dependency: Leader`` couples every listed
   weight to the first one (Distiller). Without a dependency, filter pruning couples the
   convolutions whose outputs meet in a residual addition, or a depthwise convolution and its
-  producer, as ``compressor.thinning.coupled_filter_groups`` reports them (imported lazily).
+  producer, as the graph layer (``compressor.graph.coupled_filter_groups``) reports them.
 - *Dependents* of a pruned output unit: the layer's bias entry and, for a convolution, the weight
   and bias of the batch norm that directly follows it. Masking them makes the pruned channel
   exactly zero, so the masked network computes what the thinned one will.
@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 from torch import nn
 
 from ..errors import CompressorError
-from ..example_input import example_input_of
+from ..graph import NoExampleInputError, analyze_graph, conv_bn_pairs, example_input_of
 from ..masks import normalize_name, unwrap
 
 DEPENDENCIES = ("Leader", "Independent")
@@ -47,22 +47,17 @@ _GROUPS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _coupling(model: nn.Module):
-    """(groups, partly coupled classes) from one analysis of the model's graph, cached; None when
-    the thinning module is not there."""
-    try:
-        from ..thinning import analyze_graph as find
-    except ImportError:
-        return None
+    """(groups, partly coupled classes) from one analysis of the model's graph, cached."""
     inner = unwrap(model)
     example = example_input_of(model)
     signature = (example,) + tuple((n, tuple(p.shape)) for n, p in inner.named_parameters())
     cached = _GROUPS_CACHE.get(inner)
-    if cached is not None and cached[0] == signature and cached[1] is find:
-        return cached[2]
-    g = find(inner, example)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    g = analyze_graph(inner, example)
     order = [n for n, _ in inner.named_parameters()]
     found = (g.coupled_groups(order), g.coupled_classes(order))
-    _GROUPS_CACHE[inner] = (signature, find, found)
+    _GROUPS_CACHE[inner] = (signature, found)
     return found
 
 
@@ -84,10 +79,6 @@ def coupled_filter_classes(model: nn.Module) -> List[Dict[str, List[int]]]:
 
 def _lacks_input(error: Exception) -> bool:
     """Whether coupling failed only for want of an example input (the graph itself traced)."""
-    try:
-        from ..thinning.graph import NoExampleInputError
-    except ImportError:
-        return False
     return isinstance(error, NoExampleInputError)
 
 
@@ -163,7 +154,6 @@ def dependents(model: nn.Module, weight_names: Sequence[str], with_batchnorm: bo
     module_name = {id(m): n for n, m in inner.named_modules()}
     pairs = {}
     if with_batchnorm:
-        from ..graph import conv_bn_pairs
         try:
             pairs = conv_bn_pairs(model)
         except CompressorError:

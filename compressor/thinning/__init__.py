@@ -11,7 +11,7 @@ Importing this package registers ``StructureRemover`` / ``FilterRemover`` / ``Ch
 """
 from .api import contract_model, remove_channels, remove_filters, thin
 from .execute import apply_recipe, replay
-from .graph import analyze_graph, coupled_filter_groups
+from ..graph import analyze_graph, coupled_filter_groups
 from .plan import MODES, ThinningResult
 from .policy import StructureRemover
 from .report import ThinningReport, analyze

@@ -10,7 +10,8 @@ from torch import nn
 
 from ..masks import unwrap
 from .execute import apply_recipe
-from .graph import ExampleInput, analyze_graph
+from ..graph import analyze_graph
+from .inputs import ExampleInput, sample_input
 from .plan import MODES, ThinningResult, build_recipe, make_plan
 
 
@@ -27,7 +28,7 @@ def thin(model: nn.Module, kind: str = "contract_model", example_input: ExampleI
     if kind not in MODES:
         raise ValueError(f"unknown thinning kind {kind!r}; valid: {', '.join(MODES)}")
     target = unwrap(model)
-    graph = analyze_graph(target, example_input)
+    graph = analyze_graph(target, sample_input(example_input))
     plan = make_plan(graph, target, kind)
     result = build_recipe(plan, target)
     if result.recipe is not None:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ThinningError
-from .graph import ChannelGraph, Consumer, Follower, Producer
+from ..graph import ChannelGraph, Consumer, Follower, Producer
 
 MODES = ("remove_filters", "remove_channels", "contract_model")
 RECIPE_VERSION = 1

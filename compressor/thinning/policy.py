@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 from ..errors import ComponentArgError, listing, suggest
-from ..example_input import example_input_of
+from ..graph import example_input_of
 from ..events import ScheduledTrainingPolicy, StepContext
 from ..registry import EXTENSIONS
 from .api import thin

@@ -9,7 +9,8 @@ from torch import nn
 
 from ..errors import ThinningError
 from ..masks import unwrap
-from .graph import ExampleInput, analyze_graph
+from ..graph import analyze_graph
+from .inputs import ExampleInput, sample_input
 from .plan import build_recipe, make_plan
 
 
@@ -77,7 +78,7 @@ def analyze(model: nn.Module, example_input: ExampleInput = None,
     layers behind unsupported ops are listed in ``blocked`` with the reason.
     """
     target = unwrap(model)
-    graph = analyze_graph(target, example_input)
+    graph = analyze_graph(target, sample_input(example_input))
     order = [n for n, _ in target.named_parameters()]
     thinnable, blocked, partial = graph.layer_status()
     report = ThinningReport(type(target).__name__, graph.input_shape, kind,

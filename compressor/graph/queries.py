@@ -1,13 +1,10 @@
-"""Small questions about a model's dataflow graph, answered with torch.fx.
+"""Small questions about a model's dataflow graph: which batch norm follows a convolution, which
+activation first sees its channels.
 
-Which convolution feeds which batch norm (``conv_bn_pairs``, used by ``fold_batchnorm`` and by
-structured pruners to mask the batch norm of a pruned filter), and which activation module first
-sees each convolution's output channels (``following_activations``, used by activation-ranked
-pruners to place their hooks). The thinning module builds its own, fuller view of the graph.
-
-A module whose class sets ``selects_channels = True`` (thinning's channel-selecting batch norm,
-``compressor.thinning.selection``) is traced as a leaf, and its output channels are not taken for
-its input's: it is no conv's batch norm, and activations are not followed through it.
+``conv_bn_pairs`` serves ``fold_batchnorm`` and the structured pruners that mask the batch norm of
+a pruned filter; ``following_activations`` serves the activation-ranked pruners placing their
+hooks. A channel-selecting module (``trace.selects_channels``) is no conv's batch norm, and
+activations are not followed through it. The fuller channel view is ``analyzer.analyze_graph``.
 """
 from __future__ import annotations
 
@@ -19,59 +16,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from .errors import CompressorError
-from .masks import unwrap
-
-
-def selects_channels(module: nn.Module) -> bool:
-    """Whether ``module`` reads only some of its input channels (see the module docstring)."""
-    return getattr(type(module), "selects_channels", False) is True
-
-
-def _wrapped(m: nn.Module) -> Optional[nn.Module]:
-    """The module a DataParallel / DistributedDataParallel / torch.compile wrapper holds, else None."""
-    inner = unwrap(m)
-    return inner if inner is not m else None
-
-
-class _Tracer(torch.fx.Tracer):
-    """torch.fx's default tracer, keeping channel-selecting modules as leaves and tracing through
-    wrapped submodules.
-
-    A submodule wrapped in DataParallel (Distiller's VGG/AlexNet layout, ``features.module.0``),
-    DDP or ``torch.compile`` would otherwise be one opaque leaf (or untraceable): the wrapper's
-    call is replaced by its inner module's, so the graph's module names are the real paths with
-    the wrapper's segment (``features.module.0``, ``features._orig_mod.0``), as the model's
-    parameter names have them.
-    """
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if _wrapped(m) is not None:
-            return False
-        return selects_channels(m) or super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(self, m: nn.Module, forward, args, kwargs):
-        inner = _wrapped(m)
-        if inner is not None:
-            return self.call_module(inner, inner.forward, args, kwargs)
-        return super().call_module(m, forward, args, kwargs)
-
-
-def symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:
-    """``torch.fx.symbolic_trace(model)``, with channel-selecting modules kept as leaves."""
-    tracer = _Tracer()
-    graph = tracer.trace(model)
-    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
-
-
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """Symbolically trace ``model`` (unwrapped), with a clear error when it cannot be traced."""
-    model = unwrap(model)
-    try:
-        return symbolic_trace(model)
-    except Exception as e:  # fx raises many types for untraceable code
-        raise CompressorError(f"cannot trace {type(model).__name__} with torch.fx: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+from ..masks import unwrap
+from .trace import selects_channels, trace
 
 
 def conv_bn_pairs(model: nn.Module) -> Dict[str, nn.Module]:
@@ -113,7 +59,7 @@ def following_activations(model: nn.Module,
     the module is called more than once in ``forward`` (a forward hook could not tell the calls apart).
     """
     if classes is None:
-        from .activations import ACTIVATIONS
+        from ..activations import ACTIVATIONS   # lazily: it imports pandas (slow), needed here only
         classes = ACTIVATIONS
     classes = tuple(classes)
     gm = trace(model)

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .masks import unwrap
+from ..masks import unwrap
 
 ExampleInput = Union[torch.Tensor, Sequence[int], None]
 

@@ -1,0 +1,119 @@
+"""Channel rules shared by modules and functions: pooling, padding, softmax and reshapes.
+
+A module (``nn.MaxPool2d``, ``nn.ZeroPad2d``, ``nn.Flatten``) and its functional twin
+(``F.max_pool2d``, ``F.pad``, ``torch.flatten``) move channels the same way, so both rule tables
+(``module_rules``, ``function_rules``) call these. Each takes the analyzer (``an``), the node, the
+channel info of its input and its shapes, and returns the channel info of its output (None:
+nothing followed comes out).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from typing import TYPE_CHECKING, Optional, Tuple
+
+from .records import ChannelInfo
+
+if TYPE_CHECKING:
+    from .analyzer import Analyzer
+
+
+def spatial(an: "Analyzer", node, info, in_shape, nd: int, what: str) -> Optional[ChannelInfo]:
+    if info is None or in_shape is None:
+        return info
+    if info.cdim >= len(in_shape) - nd:
+        return an.mixing(node, info, f"{what} acts on the channel dimension")
+    return info
+
+
+def pad(an: "Analyzer", node, info, in_shape, padding, mode, value, what) -> Optional[ChannelInfo]:
+    if info is None or in_shape is None:
+        return info
+    rank = len(in_shape)
+    pairs = {rank - 1 - k: (padding[2 * k], padding[2 * k + 1]) for k in range(len(padding) // 2)}
+    lo, hi = pairs.get(info.cdim, (0, 0))
+    if lo == 0 and hi == 0:
+        return info if value == 0 or mode != "constant" else info.dirtied(
+            f"{what} pads with {value}")
+    if mode != "constant" or lo < 0 or hi < 0:
+        return an.mixing(node, info, f"{what} pads the channel dimension with copies of "
+                                       f"channels")
+    reason = f"{what} pads constant channels on"
+    dirty = None
+    if value != 0 and any(pairs.get(d, (0, 0)) != (0, 0) for d in range(rank) if d != info.cdim):
+        dirty = [f"{what} pads with {value}"] * len(info.ids)
+    ids = an.source(lo, reason) + info.ids + an.source(hi, reason)
+    old = info.dirty or dirty
+    if old is not None:
+        old = [None] * lo + list(old) + [None] * hi
+    return ChannelInfo(ids, info.cdim, old)
+
+
+def softmax(an: "Analyzer", node, info, in_shape, dim, what) -> Optional[ChannelInfo]:
+    if info is None or in_shape is None:
+        return info
+    if dim is None or dim % len(in_shape) == info.cdim:
+        return an.mixing(node, info, f"{what} normalizes over the channel dimension")
+    return info.dirtied(f"{what} maps a zero channel to a non-zero value")
+
+
+def reshape(an: "Analyzer", node, info, in_shape, out_shape, what) -> Optional[ChannelInfo]:
+    if info is None or in_shape is None or out_shape is None:
+        return info
+    c = info.cdim
+    if node.op == "call_method" and node.target in ("view", "reshape") or \
+            node.target is torch.reshape:
+        sizes = node.args[1:] if node.op == "call_method" else node.args[1:2]
+        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+            sizes = sizes[0]
+        sizes = list(sizes)
+    else:
+        sizes = None
+    new = reshape_cdim(in_shape, out_shape, c)
+    if new is None:
+        return an.mixing(node, info, f"{what} to {list(out_shape)} mixes the channel "
+                                       f"dimension with others")
+    cdim, factor = new
+    if sizes is not None and cdim < len(sizes):
+        s = sizes[cdim]
+        if isinstance(s, int) and s != -1:
+            return an.mixing(node, info, f"{what} has the fixed size {s} at the channel "
+                                           f"dimension (use x.flatten(1) or "
+                                           f"x.view(x.size(0), -1), which follow thinning)")
+    if factor == 1:
+        return info.with_(cdim=cdim)
+    ids = [i for i in info.ids for _ in range(factor)]
+    dirty = None if info.dirty is None else [d for d in info.dirty for _ in range(factor)]
+    return ChannelInfo(ids, cdim, dirty)
+
+
+def reshape_cdim(in_shape, out_shape, c) -> Optional[Tuple[int, int]]:
+    """(new channel dim, repeat factor) of a reshape that keeps channels whole, else None.
+
+    Allowed: the dims before the channel dim merged or split among themselves; the dims after it
+    reshaped among themselves, or merged into it (a flatten, channel-major: each channel then
+    becomes ``factor`` consecutive features).
+    """
+    in_shape, out_shape = list(in_shape), list(out_shape)
+    pre, size = math.prod(in_shape[:c]), in_shape[c]
+    post = math.prod(in_shape[c + 1:])
+    acc = 1
+    for j in range(len(out_shape)):   # every j where the dims before it hold the same elements
+        if acc == pre:
+            rest = math.prod(out_shape[j + 1:])
+            if out_shape[j] == size and rest == post:
+                return j, 1
+            if out_shape[j] % size == 0 and out_shape[j] > size and rest * out_shape[j] == size * post:
+                factor = out_shape[j] // size
+                # the merged dims must be whole leading dims of what follows the channel dim
+                k, merged = c + 1, 1
+                while merged < factor and k < len(in_shape):
+                    merged *= in_shape[k]
+                    k += 1
+                if merged == factor:
+                    return j, factor
+        elif acc > pre:
+            break
+        acc *= out_shape[j]
+    return None
