@@ -26,6 +26,9 @@ from .atomic import atomic_write
 from . import checkpoint_distiller as distiller_format
 from .errors import CheckpointError, CheckpointNotFoundError, OptimizerMismatchError
 from .masks import unwrap
+from .scheduler import CompressionScheduler
+from .thinning.execute import replay
+from .thinning.record import recipes_of, set_recipes
 
 FORMAT = "compressor-checkpoint"
 VERSION = 1
@@ -41,7 +44,7 @@ def make_checkpoint(model: nn.Module, optimizer=None, scheduler=None, *, arch: O
         "optimizer_state_dict": optimizer.state_dict() if optimizer is not None else None,
         "optimizer_type": type(optimizer).__name__ if optimizer is not None else None,
         "compression_sched": scheduler.state_dict() if scheduler is not None else None,
-        "thinning_recipes": list(getattr(unwrap(model), "thinning_recipes", []) or []),
+        "thinning_recipes": [r.to_dict() for r in recipes_of(unwrap(model))],
         "extras": dict(extras or {}),
     }
 
@@ -151,8 +154,6 @@ def _applied_prefix(model: nn.Module, recipes: List[Mapping]) -> int:
 
 def _replay_new(model: nn.Module, recipes: List[Any], path: str) -> None:
     """Replay the recipes ``model`` does not have yet (mapping Distiller's first)."""
-    from .thinning import replay   # noqa: WPS433 - thinning is only needed for thinned models
-    from .thinning.execute import copy_recipe
     target = unwrap(model)
     if any(distiller_format.is_distiller_recipe(r) for r in recipes):
         if not all(distiller_format.is_distiller_recipe(r) for r in recipes):
@@ -162,7 +163,7 @@ def _replay_new(model: nn.Module, recipes: List[Any], path: str) -> None:
     else:
         done = _applied_prefix(target, recipes)
         if done:   # the model went through these: its record is the checkpoint's
-            target.thinning_recipes = [copy_recipe(r) for r in recipes[:done]]
+            set_recipes(target, recipes[:done])
     if recipes[done:]:
         replay(model, recipes[done:], optimizer=None)
 
@@ -230,7 +231,6 @@ def load_checkpoint(model: nn.Module, chkpt_file: str, optimizer=None,
     instead. With ``lean_checkpoint`` only the weights are loaded (optimizer None, epoch 0).
     ``strict=False`` tolerates missing and unexpected weight names (shapes must still fit).
     """
-    from .scheduler import CompressionScheduler
     ckpt = read_checkpoint(chkpt_file)
     scheduler = None
     if not lean_checkpoint and ckpt.get("compression_sched") is not None:

@@ -6,7 +6,8 @@ recipes as ``distiller.thinning.ThinningRecipe`` namedtuples. ``safe_globals()``
 defined here (nothing from distiller or the file is imported or called); any other class is still
 refused. ``plain()`` turns the stand-ins into plain data (the optimizer's class name; recipes as
 dicts of lists), and ``to_recipes()`` turns a Distiller recipe into this library's recipe format
-against the model it will be replayed on. Like Distiller, a directive whose dimension already has
+against the model it will be replayed on (typed ``Recipe``s; their ``to_dict`` is what the next
+checkpoint holds). Like Distiller, a directive whose dimension already has
 the selected size is skipped, so a model thinned the same way beforehand loads as it is.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .thinning.recipe import RECIPE_VERSION, ModuleChange, Recipe, SliceOp, TensorChange
 
 # the torch.optim classes a checkpoint may name; rebuilt by name, never imported from the file
 OPTIMIZER_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "ASGD",
@@ -148,7 +150,7 @@ def _flat_op(shape: List[int], d: Dict[str, Any], where: str) -> Optional[Dict[s
     return {"dim": k, "index": index}
 
 
-def to_recipes(model: nn.Module, recipes: List[Mapping], path: str) -> Iterator[dict]:
+def to_recipes(model: nn.Module, recipes: List[Mapping], path: str) -> Iterator[Recipe]:
     """This library's recipes for Distiller's, checked against ``model``'s current shapes.
 
     Directives whose dimension already has the selected size are dropped (Distiller did the same:
@@ -159,15 +161,16 @@ def to_recipes(model: nn.Module, recipes: List[Mapping], path: str) -> Iterator[
     shapes: Dict[str, List[int]] = {}
     for i, r in enumerate(recipes):
         where = f"{path}: Distiller thinning recipe {i + 1}"
-        out_tensors: Dict[str, dict] = {}
-        out_modules: Dict[str, dict] = {}
+        out_tensors: Dict[str, TensorChange] = {}
+        out_modules: Dict[str, ModuleChange] = {}
         entries = [(n, ds) for n, ds in r["parameters"].items()]
         for m, attrs in r["modules"].items():
             for a, v in attrs.items():
                 if a in RUNNING_STATS:
                     entries.append((f"{m}.{a}", [v]))
                 elif type(v) is int:
-                    out_modules.setdefault(_norm(model, m, dict(model.named_modules())), {})[a] = v
+                    name = _norm(model, m, dict(model.named_modules()))
+                    out_modules.setdefault(name, ModuleChange()).attrs[a] = v
                 else:
                     raise CheckpointError(f"{where}: module attribute {m}.{a} = {v!r} is not an "
                                           f"integer (only sizes such as out_channels can be set)")
@@ -176,7 +179,7 @@ def to_recipes(model: nn.Module, recipes: List[Mapping], path: str) -> Iterator[
             if name not in tensors:
                 raise CheckpointError(f"{where} names '{raw}', which the model does not have")
             before = shapes.get(name, list(tensors[name].shape))
-            cur, ops = list(before), []
+            cur, ops = list(before), []   # type: List[int], List[SliceOp]
             for d in directives:
                 if "view" in d:
                     op = _flat_op(cur, d, f"{where} {raw}")
@@ -185,10 +188,10 @@ def to_recipes(model: nn.Module, recipes: List[Mapping], path: str) -> Iterator[
                 else:
                     op = None if cur[d["dim"]] == len(d["index"]) else {"dim": d["dim"], "index": d["index"]}
                 if op is not None:
-                    ops.append(op)
+                    ops.append(SliceOp(op["dim"], list(op["index"])))
                     cur[op["dim"]] = len(op["index"])
             if ops:
-                out_tensors[name] = {"shape": before, "ops": ops}
+                out_tensors[name] = TensorChange(before, ops)
                 shapes[name] = cur
         if out_tensors:
-            yield {"version": 1, "tensors": out_tensors, "modules": out_modules}
+            yield Recipe(modules=out_modules, tensors=out_tensors, version=RECIPE_VERSION)

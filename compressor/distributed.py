@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .masks import MaskStore
+from .thinning.record import recipes_of
 
 
 @dataclass
@@ -49,7 +50,7 @@ def init_from_env(cpu: bool = False) -> Optional[DistInfo]:
 
 def structure_version(module: nn.Module) -> int:
     """How many thinning recipes the module has had applied (its shape changes with each)."""
-    return len(getattr(module, "thinning_recipes", []) or [])
+    return len(recipes_of(module))
 
 
 class ElasticDDP(nn.Module):

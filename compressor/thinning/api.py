@@ -12,7 +12,8 @@ from ..masks import unwrap
 from .execute import apply_recipe
 from ..graph import analyze_graph
 from .inputs import ExampleInput, sample_input
-from .plan import MODES, ThinningResult, build_recipe, make_plan
+from .build import ThinningResult, build_recipe
+from .plan import MODES, make_plan
 
 
 def thin(model: nn.Module, kind: str = "contract_model", example_input: ExampleInput = None, *,
@@ -31,8 +32,8 @@ def thin(model: nn.Module, kind: str = "contract_model", example_input: ExampleI
     graph = analyze_graph(target, sample_input(example_input))
     plan = make_plan(graph, target, kind)
     result = build_recipe(plan, target)
-    if result.recipe is not None:
-        apply_recipe(target, result.recipe, optimizer=optimizer, store=store)
+    if result.typed_recipe is not None:
+        apply_recipe(target, result.typed_recipe, optimizer=optimizer, store=store)
     return result
 
 

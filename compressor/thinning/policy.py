@@ -24,7 +24,8 @@ from ..graph import example_input_of
 from ..events import ScheduledTrainingPolicy, StepContext
 from ..registry import EXTENSIONS
 from .api import thin
-from .plan import MODES, ThinningResult
+from .build import ThinningResult
+from .plan import MODES
 
 
 @EXTENSIONS.register(name="StructureRemover", aliases=("FilterRemover", "ChannelRemover"))

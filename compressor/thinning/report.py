@@ -11,7 +11,8 @@ from ..errors import ThinningError
 from ..masks import unwrap
 from ..graph import analyze_graph
 from .inputs import ExampleInput, sample_input
-from .plan import build_recipe, make_plan
+from .build import build_recipe
+from .plan import make_plan
 
 
 @dataclass
