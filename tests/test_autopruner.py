@@ -12,7 +12,7 @@ from compressor.errors import CompressorError, ScheduleError
 from compressor.models import create_model
 from compressor.pruners.autopruner import ChannelGate
 from compressor.thinning import contract_model
-from conftest import assert_same_function
+from helpers import assert_same_function, train
 
 
 def schedule(keep_ratio=0.5, epochs=2, weights=("conv1.weight", "conv2.weight"), **extra):
@@ -26,24 +26,6 @@ def batches(n, seed=0, size=16):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(size, 1, 28, 28, generator=g), torch.randint(0, 10, (size,), generator=g))
             for _ in range(n)]
-
-
-def train(model, sched, optimizer, data, epochs, start=0, on_step=None):
-    """The six scheduler events around a plain SGD loop."""
-    loss_fn = nn.CrossEntropyLoss()
-    for epoch in range(start, epochs):
-        sched.on_epoch_begin(epoch, optimizer)
-        for i, (x, y) in enumerate(data):
-            sched.on_minibatch_begin(epoch, i, len(data), optimizer)
-            loss = sched.before_backward_pass(epoch, i, len(data), loss_fn(model(x), y), optimizer)
-            optimizer.zero_grad()
-            loss.backward()
-            sched.before_parameter_optimization(epoch, i, len(data), optimizer)
-            optimizer.step()
-            sched.on_minibatch_end(epoch, i, len(data), optimizer)
-            if on_step is not None:
-                on_step(epoch, i)
-        sched.on_epoch_end(epoch, optimizer)
 
 
 def gates_of(sched):
@@ -83,7 +65,7 @@ def test_alpha_grows_linearly_over_the_policys_minibatches_and_is_logged_as_a_lo
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     sched = compressor.dict_config(model, optimizer, schedule(epochs=2, alpha_start=2.0, alpha_end=12.0))
     pruner, seen = gates_of(sched), []
-    train(model, sched, optimizer, batches(3), 2, on_step=lambda e, i: seen.append(pruner.alpha))
+    train(model, optimizer, sched, batches(3), 2, after_step=lambda e, i: seen.append(pruner.alpha))
     # alpha during step k of 6 is 2 + 10 * k / 5; recorded after the step, so k = 1..5 then done
     assert seen[:5] == pytest.approx([2 + 10 * k / 5 for k in range(1, 6)])
     assert pruner.finished
@@ -101,7 +83,7 @@ def test_gates_learn_their_keep_ratio_then_become_filter_masks_and_are_removed()
     model = create_model("lenet5_bn")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = compressor.dict_config(model, optimizer, schedule(keep_ratio=0.4, epochs=3, gate_lr=0.5))
-    train(model, sched, optimizer, batches(20), 3)
+    train(model, optimizer, sched, batches(20), 3)
     pruner = gates_of(sched)
     assert pruner.finished and not pruner._hooks and not pruner.gates
     assert all(not m._forward_hooks for m in model.modules())
@@ -151,7 +133,7 @@ def test_the_thinned_network_equals_the_masked_one_after_autopruner(float64):
     model = create_model("lenet5_bn")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = compressor.dict_config(model, optimizer, schedule(epochs=1))
-    train(model, sched, optimizer, batches(5), 1)
+    train(model, optimizer, sched, batches(5), 1)
     model.eval()
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
@@ -171,11 +153,11 @@ def test_a_resumed_run_equals_an_uninterrupted_one():
 
     data = batches(4)
     model, optimizer, sched = fresh()
-    train(model, sched, optimizer, data, 4)
+    train(model, optimizer, sched, data, 4)
     want = {k: v.clone() for k, v in model.state_dict().items()}
 
     model, optimizer, sched = fresh()
-    train(model, sched, optimizer, data, 2)       # stop mid-policy, gates alive
+    train(model, optimizer, sched, data, 2)       # stop mid-policy, gates alive
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": optimizer.state_dict(),
                 "sched": sched.state_dict()}, buf)
@@ -185,7 +167,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one():
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["opt"])
     sched.load_state_dict(saved["sched"])
-    train(model, sched, optimizer, data, 4, start=2)
+    train(model, optimizer, sched, data, 4, start_epoch=2)
     got = model.state_dict()
     for k in want:
         assert torch.equal(got[k], want[k]), k

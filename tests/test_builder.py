@@ -9,7 +9,7 @@ import compressor
 from compressor.builder import match_names
 from compressor.errors import ScheduleError
 
-from conftest import TinyNet
+from helpers import TinyNet
 
 NAMES = ["conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias", "conv2.weight", "conv2.bias",
          "fc.weight", "fc.bias"]

@@ -23,9 +23,12 @@ from compressor.summary import compute_totals, model_performance_summary
 from compressor.thinning import analyze, contract_model, remove_channels, replay, thin
 from compressor.thinning.execute import apply_ops
 from compressor.thinning.selection import is_selecting
-from test_thinning import (assert_same_function, exact, one_thread,  # noqa: F401 (fixtures)
-                           randomize_bn, zero_structures)
-from test_thinning_property import RandomNet, networks
+from helpers import assert_same_function
+from helpers.random_nets import RandomNet, networks
+from helpers.thinning import randomize_bn, zero_structures
+
+# Small tensors (one intra-op thread); thinned == masked is exact in float64.
+pytestmark = pytest.mark.usefixtures("one_thread", "float64")
 
 ARCHS = ["preact_resnet20_cifar", "preact_resnet20_cifar_conv_ds"]
 SHAPE = (3, 32, 32)

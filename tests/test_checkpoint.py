@@ -10,7 +10,7 @@ from compressor.checkpoint import (atomic_write, load_checkpoint, read_checkpoin
                                    save_checkpoint)
 from compressor.errors import CheckpointError, OptimizerMismatchError
 
-from conftest import TinyNet, make_batches, train
+from helpers import TinyNet, make_batches, train
 
 
 def pruned_run():

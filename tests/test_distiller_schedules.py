@@ -8,22 +8,9 @@ import torch
 import compressor
 from compressor.models import create_model
 from compressor.schedules import agp_sparsity_at_epoch
-from conftest import assert_same_function
+from helpers import assert_same_function, train
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distiller_schedules")
-
-
-def steps(model, sched, opt, epochs, x, y):
-    for epoch in epochs:
-        sched.on_epoch_begin(epoch, opt)
-        sched.on_minibatch_begin(epoch, 0, 1, opt)
-        loss = sched.before_backward_pass(epoch, 0, 1, torch.nn.functional.cross_entropy(model(x), y), opt)
-        opt.zero_grad()
-        loss.backward()
-        sched.before_parameter_optimization(epoch, 0, 1, opt)
-        opt.step()
-        sched.on_minibatch_end(epoch, 0, 1, opt)
-        sched.on_epoch_end(epoch, opt)
 
 
 def test_resnet20_filters_agp_with_thinning_at_epoch_30():
@@ -32,15 +19,15 @@ def test_resnet20_filters_agp_with_thinning_at_epoch_30():
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = compressor.file_config(model, opt, os.path.join(HERE, "resnet20_filters.schedule_agp.yaml"))
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    steps(model, sched, opt, range(0, 30, 2), x, y)      # the low_pruner's epochs 0, 2, ..., 28
+    train(model, opt, sched, [(x, y)], range(0, 30, 2), metrics=None)   # the low_pruner's epochs 0, 2, ..., 28
     target = agp_sparsity_at_epoch(0.10, 0.50, 28, 0, 30, 2)
     assert target == pytest.approx(0.5)
     w = model.layer2[0].conv1.weight
     assert float((w.flatten(1).abs().sum(1) == 0).float().mean()) == pytest.approx(0.5)
-    steps(model, sched, opt, [30], x, y)                  # the thinner removes the zeroed filters
+    train(model, opt, sched, [(x, y)], [30], metrics=None)   # the thinner removes the zeroed filters
     assert model.layer2[0].conv1.out_channels == 16 and model.layer2[0].conv2.in_channels == 16
     assert len(model.thinning_recipes) == 1
-    steps(model, sched, opt, range(32, 50, 2), x, y)      # fine and fc pruners until epoch 48
+    train(model, opt, sched, [(x, y)], range(32, 50, 2), metrics=None)   # fine and fc pruners until epoch 48
     fine = model.layer3[1].conv1.weight
     assert float((fine == 0).float().mean()) == pytest.approx(0.7, abs=1e-3)
     fc_rows_zero = (model.fc.weight.abs().sum(0) == 0).float().mean()   # Distiller's Rows: input columns

@@ -28,7 +28,7 @@ import compressor
 from compressor.errors import ScheduleError
 from compressor.models import create_model
 
-from test_schedules_dir import build_and_exercise
+from helpers.schedules import build_and_exercise
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

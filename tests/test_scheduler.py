@@ -9,7 +9,7 @@ from torch import nn
 import compressor
 from compressor.schedules import agp_sparsity_at_epoch
 
-from conftest import TinyNet, assert_same_function, make_batches, train
+from helpers import TinyNet, assert_same_function, make_batches, train
 
 AGP_YAML = """\
 version: 1

@@ -10,19 +10,14 @@ Header convention (comment lines at the top of each YAML file):
 declares ``# requires: ...`` AND names a class that is not registered yet; the skip says which.
 A file that names an unregistered class without declaring it fails.
 """
-import math
 import pathlib
 import re
 
 import pytest
-import torch
 import yaml
 
-import compressor
-from compressor.models import create_model, dataset_of, input_shape
-from compressor.policies import LRPolicy, PruningPolicy, RegularizationPolicy
-from compressor.pruners import AutomatedGradualPruner
 from compressor.registry import SECTIONS
+from helpers.schedules import build_and_exercise
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEDULES = sorted(p for p in (ROOT / "schedules").rglob("*") if p.suffix in (".yaml", ".yml"))
@@ -56,60 +51,6 @@ def unregistered_classes(path: pathlib.Path):
             if cls is not None and cls not in registry:
                 missing.append(f"{section}.{name}: {cls}")
     return missing
-
-
-def exercise(model, scheduler, optimizer, epochs, batches=2, batch_size=2, shape=None):
-    """Run the six scheduler events over random data at ``epochs``; return the loss components."""
-    shape = shape or input_shape(dataset_of("lenet5"))
-    loss_fn = torch.nn.CrossEntropyLoss()
-    names = set()
-    g = torch.Generator().manual_seed(0)
-    for epoch in epochs:
-        scheduler.on_epoch_begin(epoch, optimizer)
-        for i in range(batches):
-            x = torch.randn(batch_size, *shape, generator=g)
-            y = torch.randint(0, 10, (batch_size,), generator=g)
-            scheduler.on_minibatch_begin(epoch, i, batches, optimizer)
-            loss = loss_fn(model(x), y)
-            out = scheduler.before_backward_pass(epoch, i, batches, loss, optimizer,
-                                                 return_loss_components=True)
-            assert torch.isfinite(out.overall_loss)
-            optimizer.zero_grad()
-            out.overall_loss.backward()
-            scheduler.before_parameter_optimization(epoch, i, batches, optimizer)
-            optimizer.step()
-            scheduler.on_minibatch_end(epoch, i, batches, optimizer)
-            names.update(c.name for c in out.loss_components)
-        scheduler.on_epoch_end(epoch, optimizer, metrics={"min": 1.0, "max": 50.0})
-    return names
-
-
-def build_and_exercise(path, arch):
-    """Build ``path`` for ``arch`` and run each policy's first and last firing epochs."""
-    torch.manual_seed(0)
-    model = create_model(arch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    scheduler = compressor.file_config(model, optimizer, str(path))
-    policies = scheduler.ordered
-    assert policies, f"{path}: the schedule has no policies"
-    epochs = sorted({e for p in policies for e in (p.epochs[0], p.epochs[-1])})
-    components = exercise(model, scheduler, optimizer, epochs,
-                          shape=input_shape(dataset_of(arch)))
-    params = dict(model.named_parameters())
-    for policy in policies:
-        if isinstance(policy, PruningPolicy):
-            assert any(n in scheduler.masks for n in policy.pruner.param_names), \
-                f"{policy.name} installed no mask"
-            if type(policy.pruner) is AutomatedGradualPruner and not policy.forward_only:
-                for name in policy.pruner.param_names:   # AGP ends exactly at final_sparsity
-                    numel = params[name].numel()
-                    want = math.floor(policy.pruner.final_sparsity * numel + 1e-6)
-                    assert int((params[name] == 0).sum()) >= want, name
-        elif isinstance(policy, RegularizationPolicy):
-            assert policy.loss_name in components
-        elif isinstance(policy, LRPolicy):
-            assert optimizer.param_groups[0]["lr"] >= 0
-    return model, scheduler
 
 
 def test_there_are_schedules():

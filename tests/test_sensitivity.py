@@ -21,7 +21,7 @@ from compressor.sensitivity import (COLUMNS, SensitivityError, evaluator, group_
                                     ratios_to_schedule, sensitivities_to_csv, sensitivities_to_png,
                                     sensitivity_range, sensitivity_table)
 
-from conftest import TinyNet, make_batches
+from helpers import TinyNet, make_batches
 
 LEVELS = [0.0, 0.25, 0.5, 0.75]
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None

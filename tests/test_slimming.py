@@ -6,7 +6,7 @@ import compressor
 from compressor.errors import ScheduleError
 from compressor.models import create_model
 from compressor.thinning import contract_model
-from conftest import assert_same_function
+from helpers import assert_same_function
 
 
 def slim(model, sparsity, weights=("features.*.weight",)):

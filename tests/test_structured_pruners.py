@@ -25,7 +25,7 @@ from compressor.pruners import coupling
 from compressor.registry import PRUNERS
 from compressor.schedules import agp_sparsity
 
-from conftest import TinyNet, assert_same_function, make_batches, train
+from helpers import TinyNet, assert_same_function, make_batches, train
 
 
 def ctx(event=0, n_events=1, current=None, **args):

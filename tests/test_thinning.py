@@ -15,99 +15,15 @@ from compressor.registry import EXTENSIONS
 from compressor.thinning import (StructureRemover, analyze, contract_model, coupled_filter_groups,
                                  remove_channels, remove_filters, replay, thin)
 from compressor.thinning.execute import apply_ops
-from compressor.graph import analyze_graph
-from conftest import assert_same_function  # noqa: F401 (test_thinning_property imports it)
+from helpers import assert_same_function, train
+from helpers.thinning import n_params, randomize_bn, zero_structures
 
 SHAPES = {"cifar10": (3, 32, 32), "mnist": (1, 28, 28), "imagenet": (3, 64, 64)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread is as fast, and far faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def exact(float64):
-    """Thinned == masked is an exact claim: every test here runs in float64 (see
-    assert_same_function)."""
-
-
-# ---- helpers ------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            if m.affine:
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 2 - 1)
-
-
-@torch.no_grad()
-def zero_structures(model, example, frac, seed, mode="filters"):
-    """Zero random removable channel classes; returns {param name: mask} of what was zeroed.
-
-    filters: every producing filter of a chosen channel, its bias, and the weight and bias of every
-    batch norm on its way (so the channel is exactly zero, as the structured pruners leave it).
-    channels: every consumer's input weights of a chosen channel.
-    """
-    g = analyze_graph(model, example)
-    rng = random.Random(seed)
-    roots = sorted({r for p in g.producers for r in g.roots(p.ids)})
-    ok = [r for r in roots
-          if not (g.hard.get(r) or g.soft.get(r) or (mode == "filters" and g.dirty.get(r)))]
-    chosen = {r for r in ok if rng.random() < frac}
-    params = dict(model.named_parameters())
-    masks = {}
-
-    def mask_of(name):
-        if name not in masks:
-            masks[name] = torch.ones_like(params[name])
-        return masks[name]
-
-    if mode == "filters":
-        for p in g.producers:
-            pos = torch.tensor([i for i, r in enumerate(g.roots(p.ids)) if r in chosen], dtype=torch.long)
-            if len(pos):
-                mask_of(p.weight).index_fill_(p.out_dim, pos, 0.0)
-                if p.bias:
-                    mask_of(p.bias).index_fill_(0, pos, 0.0)
-        for f in g.followers:
-            pos = torch.tensor([i for i, r in enumerate(g.roots(f.ids)) if r in chosen], dtype=torch.long)
-            if len(pos):
-                for t in f.tensors:
-                    if t in params:
-                        mask_of(t).index_fill_(0, pos, 0.0)
-    else:
-        for c in g.consumers:
-            w = mask_of(c.weight)
-            for i, r in enumerate(g.roots(c.ids)):
-                if r not in chosen:
-                    continue
-                if c.kind == "dense":
-                    w.select(c.in_dim, i).zero_()
-                elif c.kind == "depthwise":
-                    q = w.shape[0] // len(c.ids)
-                    w[i * q:(i + 1) * q].zero_()
-                else:
-                    per = len(c.ids) // c.groups
-                    j, q = i // per, w.shape[0] // c.groups
-                    w[j * q:(j + 1) * q, i - j * per].zero_()
-    for name, m in masks.items():
-        params[name].mul_(m)
-    return masks
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
+# Small tensors (one intra-op thread), and thinned == masked is an exact claim: every test here
+# runs in float64 (see assert_same_function).
+pytestmark = pytest.mark.usefixtures("one_thread", "float64")
 
 
 # ---- (a) every CIFAR / MNIST model of the zoo, resnet18 and mobilenet -------------------------
@@ -747,21 +663,9 @@ def test_schedule_thins_during_training():
     masks = zero_structures(model, (3, 6, 7), 0.5, seed=10)
     for name, m in masks.items():
         sched.store.set(name, m)
-    batches = _batches(3, 2)
-    loss_fn = nn.CrossEntropyLoss()
     shapes = {}
-    for epoch in range(3):
-        sched.on_epoch_begin(epoch, opt)
-        for i, (x, y) in enumerate(batches):
-            sched.on_minibatch_begin(epoch, i, len(batches), opt)
-            loss = sched.before_backward_pass(epoch, i, len(batches), loss_fn(model(x), y), opt)
-            opt.zero_grad()
-            loss.backward()
-            sched.before_parameter_optimization(epoch, i, len(batches), opt)
-            opt.step()
-            sched.on_minibatch_end(epoch, i, len(batches), opt)
-        sched.on_epoch_end(epoch, opt)
-        shapes[epoch] = n_params(model)
+    train(model, opt, sched, _batches(3, 2), epochs=3, metrics=None,
+          before_epoch_end=lambda epoch: shapes.__setitem__(epoch, n_params(model)))
     assert shapes[1] < shapes[0] and shapes[2] == shapes[1]
     assert len(model.thinning_recipes) == 1
     state = sched.state_dict()

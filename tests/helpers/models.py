@@ -1,0 +1,24 @@
+"""Small networks the tests share: ``TinyNet`` (Distiller-style names, 1x8x8 input)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """conv1 -> bn1 -> relu -> conv2 -> relu -> pool -> fc, with Distiller-style names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.pool(self.relu2(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
