@@ -36,9 +36,13 @@ import io
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
+
+if __package__ in (None, ""):   # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 import yaml
@@ -49,7 +53,7 @@ from compressor.data import load_data
 from compressor.models import create_model
 from compressor.training import train_epoch
 
-from . import REPO_ROOT, Lockstep, md_table, median, median_ci, round_order
+from benchmarks import REPO_ROOT, Lockstep, md_table, median, median_ci, round_order
 
 ARCH = "simplenet_mnist"
 BATCH = 256

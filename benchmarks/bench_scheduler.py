@@ -18,13 +18,21 @@ are reported. The scheduler's events are also timed inside (b) and alone, withou
 at well under a millisecond they are far below the step-to-step noise of a shared machine, so the
 in-loop measure is the clean one for our overhead.
 
-Run alone: ``python -m benchmarks.bench_scheduler [--quick] [--threads N]``.
+Run alone: ``python -m benchmarks.bench_scheduler [--quick] [--threads N]`` (or
+``python benchmarks/bench_scheduler.py ...``). ``--compare-with PATH`` instead times this checkout
+against the library in ``PATH`` (another commit's worktree), interleaved in one run, and prints the
+ratios (see ``benchmarks/checkout_compare.py``).
 """
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import time
 from typing import Dict, List
+
+if __package__ in (None, ""):   # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 from torch import nn
@@ -33,7 +41,7 @@ from torch.nn.utils import prune
 import compressor
 from compressor.models import create_model
 
-from . import interleaved, md_table, median, median_ci, quantile
+from benchmarks import interleaved, md_table, median, median_ci, quantile
 
 ARCH = "resnet20_cifar"
 BATCH = 128
@@ -104,6 +112,8 @@ def run(quick: bool = False) -> str:
         opt_a.step()
 
     def step_ours():
+        # The four events are timed one by one inside the step, so the events are written out
+        # here rather than through a shared training loop.
         i = counter["b"] % steps
         counter["b"] += 1
         pc = time.perf_counter
@@ -240,10 +250,38 @@ def run(quick: bool = False) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> None:
-    from benchmarks import standalone_main
-    standalone_main(run, __doc__, argv)
+def main(argv=None) -> int:
+    import argparse
+
+    from benchmarks import environment
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run; numbers are not meaningful")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--compare-with", metavar="PATH", default=None,
+                   help="time this checkout against the library in PATH (a directory holding "
+                        "compressor/), interleaved in fresh processes, and print the ratios")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="with --compare-with: rounds of the two checkouts (default 8; --quick 2)")
+    args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1; got {args.threads}")
+    if args.rounds < 0:
+        p.error(f"--rounds must be >= 1; got {args.rounds}")
+    if args.compare_with is not None and not os.path.isfile(
+            os.path.join(args.compare_with, "compressor", "__init__.py")):
+        p.error(f"--compare-with {args.compare_with}: no compressor/__init__.py there; give the "
+                f"root of a checkout of this repository (e.g. git worktree add /tmp/before REV)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"Measured {environment()}\n")
+    if args.compare_with is not None:
+        from benchmarks.checkout_compare import compare
+        print(compare(args.compare_with, quick=args.quick, threads=args.threads or 1,
+                      rounds=args.rounds))
+    else:
+        print(run(args.quick))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

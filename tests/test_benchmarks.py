@@ -57,6 +57,49 @@ def test_run_quick_prints_every_table():
     assert "FAILED" not in out
 
 
+@pytest.mark.slow          # a fresh interpreter per benchmark and way of running it
+def test_every_benchmark_runs_as_a_script_and_as_a_module():
+    from_path = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                 "from benchmarks.run import BENCHMARKS; print(*BENCHMARKS)", str(ROOT)]
+    names = subprocess.run(from_path, capture_output=True, text=True, check=True).stdout.split()
+    assert names
+    for name in names + ["benchmarks.run"]:
+        script = ROOT / (name.replace(".", "/") + ".py")
+        for cmd in ([sys.executable, str(script), "--help"], [sys.executable, "-m", name, "--help"]):
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, f"{' '.join(cmd[1:])}: {proc.stderr[-2000:]}"
+            assert "usage:" in proc.stdout
+
+
+def test_compare_with_a_directory_without_the_library_is_a_usage_error(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.bench_scheduler import main
+        with pytest.raises(SystemExit) as exc:
+            main(["--compare-with", str(tmp_path)])
+    finally:
+        sys.path.remove(str(ROOT))
+    assert exc.value.code == 2
+    assert re.search(r"--compare-with .*: no compressor/__init__\.py there; give the root of a "
+                     r"checkout", capsys.readouterr().err)
+
+
+@pytest.mark.slow          # two fresh processes that build and train resnet20 for a few steps
+def test_compare_with_times_both_checkouts_and_gives_ratios():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.checkout_compare import METRICS, compare
+        out = compare(str(ROOT), quick=True, threads=1, rounds=1)   # this checkout against itself
+    finally:
+        sys.path.remove(str(ROOT))
+    assert f"this: {ROOT}" in out and f"other: {ROOT}" in out
+    for _, label, _ in METRICS:
+        row = next(line for line in out.splitlines() if line.startswith(f"| {label} "))
+        ratio = float(row.split("|")[4])
+        assert ratio > 0
+    assert not re.search(r"\bnan\b", out, re.IGNORECASE)
+
+
 def test_benchmark_list_is_one_module_per_entry_with_run():
     sys.path.insert(0, str(ROOT))
     try:
