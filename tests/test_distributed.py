@@ -83,9 +83,11 @@ def test_app_under_ddp_prunes_like_one_process(runs):
 RANK_PRELUDE = r'''
 import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import compressor
 from compressor.distributed import ElasticDDP, broadcast_masks, init_from_env
 from compressor.models import create_model
+from helpers import train
 env = init_from_env(cpu=True)
 torch.manual_seed(0)
 '''
@@ -98,17 +100,12 @@ sched = compressor.dict_config(model, opt, {
     "policies": [{"pruner": {"instance_name": "r"}, "starting_epoch": 0, "ending_epoch": 3}]})
 ddp = ElasticDDP(model)
 gen = torch.Generator().manual_seed(100 + env.rank)        # different data on each rank
-for epoch in range(3):
-    sched.on_epoch_begin(epoch, opt)
-    broadcast_masks(sched.store)
-    for i in range(3):
-        x, y = torch.randn(8, 1, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen)
-        sched.on_minibatch_begin(epoch, i, 3, opt)
-        loss = torch.nn.functional.cross_entropy(ddp(x), y)
-        loss = sched.before_backward_pass(epoch, i, 3, loss, opt)
-        opt.zero_grad(); loss.backward(); sched.before_parameter_optimization(epoch, i, 3, opt)
-        opt.step(); sched.on_minibatch_end(epoch, i, 3, opt)
-    sched.on_epoch_end(epoch, opt)
+def data(epoch):
+    return [(torch.randn(8, 1, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen))
+            for _ in range(3)]
+
+train(ddp, opt, sched, data, 3, metrics=None,
+      after_epoch_begin=lambda epoch: broadcast_masks(sched.store))
 flat = torch.cat([p.detach().flatten() for p in model.parameters()] +
                  [m.flatten() for _, m in sorted(sched.masks.items())])
 gathered = [torch.zeros_like(flat) for _ in range(2)]
@@ -157,18 +154,15 @@ def agree(tensors, what):
     dist.all_gather(gathered, flat)
     assert torch.equal(gathered[0], gathered[1]), f"ranks disagree on {what}"
 
-for epoch in range(3):
-    sched.on_epoch_begin(epoch, opt)
-    for i in range(3):
-        x, y = torch.randn(8, 1, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen)
-        sched.on_minibatch_begin(epoch, i, 3, opt)
-        loss = torch.nn.functional.cross_entropy(ddp(x), y)
-        loss = sched.before_backward_pass(epoch, i, 3, loss, opt)
-        opt.zero_grad(); loss.backward(); sched.before_parameter_optimization(epoch, i, 3, opt)
-        opt.step(); sched.on_minibatch_end(epoch, i, 3, opt)
+def data(epoch):
+    return [(torch.randn(8, 1, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen))
+            for _ in range(3)]
+
+def gates_agree(epoch):
     if epoch == 1:
         agree([p for g in pruner.gates.values() for p in g.parameters()], "the gates")
-    sched.on_epoch_end(epoch, opt)
+
+train(ddp, opt, sched, data, 3, metrics=None, before_epoch_end=gates_agree)
 assert pruner.finished
 agree(list(model.parameters()) + [m for _, m in sorted(sched.masks.items())], "weights and masks")
 print("RANKS AGREE", flush=True)
@@ -221,7 +215,7 @@ CONFIG = {
                  {"extension": {"instance_name": "thin"}, "epochs": [3]}]}
 EPOCHS, STEPS, BATCH = 5, 3, 16
 
-def train(rank, world):
+def run(rank, world):
     torch.manual_seed(0)
     model = create_model("simplenet_mnist")
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -229,25 +223,23 @@ def train(rank, world):
     net = ElasticDDP(model) if world > 1 else model
     data = torch.Generator().manual_seed(1)                 # the same global batches everywhere
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-    for epoch in range(EPOCHS):
-        sched.on_epoch_begin(epoch, opt)
-        if world > 1:
-            broadcast_masks(sched.store)
-        for i in range(STEPS):
+
+    def batches(epoch):
+        out = []
+        for _ in range(STEPS):
             x = torch.randn(BATCH, 1, 28, 28, generator=data)
             y = torch.randint(0, 10, (BATCH,), generator=data)
-            sched.on_minibatch_begin(epoch, i, STEPS, opt)
-            loss = torch.nn.functional.cross_entropy(net(x[part]), y[part])
-            loss = sched.before_backward_pass(epoch, i, STEPS, loss, opt)
-            opt.zero_grad(); loss.backward(); sched.before_parameter_optimization(epoch, i, STEPS, opt)
-            opt.step(); sched.on_minibatch_end(epoch, i, STEPS, opt)
-        sched.on_epoch_end(epoch, opt)
+            out.append((x[part], y[part]))
+        return out
+
+    sync = (lambda epoch: broadcast_masks(sched.store)) if world > 1 else None
+    train(net, opt, sched, batches, EPOCHS, metrics=None, after_epoch_begin=sync)
     return {"state_dict": model.state_dict(), "masks": dict(sched.masks),
             "recipes": model.thinning_recipes}
 
-ddp = train(env.rank, env.world_size)
+ddp = run(env.rank, env.world_size)
 if env.rank == 0:
-    torch.save({"ddp": ddp, "single": train(0, 1)}, sys.argv[2])
+    torch.save({"ddp": ddp, "single": run(0, 1)}, sys.argv[2])
 print("RANKS AGREE", flush=True)
 dist.barrier()
 dist.destroy_process_group()
