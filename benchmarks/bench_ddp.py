@@ -136,6 +136,8 @@ def worker(out: str, dataset: str, data_dir: Optional[str], etrs: float, epochs:
         model.train()
         steps = len(loader)
         prev = pc()
+        # Each event is timed on its own around the step, so the events are written out here
+        # rather than through a shared training loop (tests/helpers/loop.py).
         for i, (x, y) in enumerate(loader):
             t0 = pc()
             sched.on_minibatch_begin(epoch, i, steps, opt)
