@@ -11,10 +11,12 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 
 from .events import LossComponent, PolicyLoss, ScheduledTrainingPolicy, StepContext
+from .graph import conv_bn_pairs
 from .lr_schedulers import load_scheduler_state
 from .masks import MaskStore
 from .policy_options import PolicyOptions
 from .pruners.base import PruneContext, Pruner
+from .pruners.coupling import dependents
 from .regularizers.base import Regularizer
 
 __all__ = ["GatePolicy", "LRPolicy", "LossComponent", "PolicyLoss", "PruningPolicy",
@@ -66,7 +68,6 @@ class PruningPolicy(ScheduledTrainingPolicy):
             if self.options.mask_gradients:
                 store.mask_gradients(name, True)
         if self.options.fold_batchnorm:
-            from .graph import conv_bn_pairs   # lazy: the graph layer sits below the pruners
             self._fold = conv_bn_pairs(model)
 
     def run_owed_step(self, store: MaskStore, model) -> bool:
@@ -212,7 +213,6 @@ def filter_companion_masks(model, masks: Mapping[str, torch.Tensor]) -> Dict[str
     A filter with zero weights still outputs its bias (or its batch norm's beta); masking those too
     makes the zeroed filter output exactly zero, so thinning it away leaves the function unchanged.
     """
-    from .pruners.coupling import dependents
     layers = {n: m for n, m in masks.items() if m.dim() >= 2}
     out: Dict[str, torch.Tensor] = {}
     for name, deps in dependents(model, list(layers)).items():
