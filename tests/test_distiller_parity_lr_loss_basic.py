@@ -57,9 +57,9 @@ class DummyPolicy(ScheduledTrainingPolicy):
         self.loss_val = torch.randint(0, 10000, (1,))
         self.idx = idx
 
-    def before_backward_pass(self, epoch, minibatch_id, minibatches_per_epoch, loss, store, model,
-                             optimizer=None):
-        return PolicyLoss(loss + self.loss_val, [LossComponent("Dummy Loss " + str(self.idx), self.loss_val)])
+    def before_backward_pass(self, ctx):
+        return PolicyLoss(ctx.loss + self.loss_val,
+                          [LossComponent("Dummy Loss " + str(self.idx), self.loss_val)])
 
 
 @pytest.mark.parametrize("check_loss_components", [False, True])
