@@ -92,9 +92,8 @@ def test_step_context_with_loss_copies_everything_else():
 
 
 def test_former_positional_signatures_still_work_with_a_deprecation_warning():
-    with pytest.warns(DeprecationWarning, match=r"Old\.on_minibatch_end takes the former positional "
-                                                r"event arguments; take one StepContext instead: "
-                                                r"def on_minibatch_end\(self, ctx\)"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         class Old(ScheduledTrainingPolicy):
             def __init__(self):
                 super().__init__()
@@ -114,6 +113,13 @@ def test_former_positional_signatures_still_work_with_a_deprecation_warning():
             def on_epoch_end(self, epoch, store, model, optimizer=None, metrics=None):
                 self.seen.append(("epoch_end", epoch, metrics))
 
+    messages = sorted(str(w.message).split(" takes")[0].split(".")[-1] for w in caught
+                      if w.category is DeprecationWarning)
+    assert messages == ["before_backward_pass", "on_epoch_begin", "on_epoch_end", "on_minibatch_end"]
+    assert any(str(w.message).endswith("Old.on_minibatch_end takes the former positional event "
+                                       "arguments; take one StepContext instead: "
+                                       "def on_minibatch_end(self, ctx) (see docs/own-training-loop.md)")
+               for w in caught)
     scheduler = compressor.CompressionScheduler(nn.Linear(2, 2))
     policy = Old()
     scheduler.add_policy(policy, epochs=[2])
