@@ -218,7 +218,7 @@ def _opt(lr=0.1):
     return torch.optim.SGD([nn.Parameter(torch.zeros(1, dtype=torch.float64))], lr=lr)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 @pytest.mark.parametrize("make", [
     lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
     lambda o: MultiStepMultiGammaLR(o, milestones=[1, 3], gammas=[0.5, 0.25]),
@@ -245,7 +245,7 @@ def test_resume_position_continues_the_uninterrupted_schedule(make):
         assert opt.param_groups[0]["lr"] == expected
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 def test_load_scheduler_state_sets_the_optimizer_lr_too():
     opt = _opt()
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
