@@ -24,6 +24,17 @@ from .masks import MaskStore, normalize_name
 from .events import PolicyLoss, ScheduledTrainingPolicy, StepContext
 
 
+_EVENTS = ("on_epoch_begin", "on_minibatch_begin", "before_backward_pass",
+           "before_parameter_optimization", "on_minibatch_end", "on_epoch_end")
+
+
+def _handles(policy: ScheduledTrainingPolicy, event: str) -> bool:
+    """Whether ``policy`` does anything on ``event``: its class or the instance overrides the base's
+    no-op (adapted former-signature methods count as overrides)."""
+    return event in vars(policy) or \
+        getattr(type(policy), event) is not getattr(ScheduledTrainingPolicy, event)
+
+
 class _MaskerView:
     """Distiller's ``zeros_mask_dict[name].mask`` access, backed by the mask store."""
 
@@ -103,6 +114,11 @@ class CompressionScheduler:
         self.ordered: List[ScheduledTrainingPolicy] = []
         self.keys: List[str] = []
         self.sched_metadata: Dict[ScheduledTrainingPolicy, dict] = {}
+        # event name -> epoch -> the policies of that epoch that override the event, in order: an
+        # event no policy handles costs a dict lookup, not a context and a call per policy.
+        self._handlers: Dict[str, Dict[int, List[ScheduledTrainingPolicy]]] = {
+            event: defaultdict(list) for event in _EVENTS}
+        self._ctx: Optional[StepContext] = None   # this minibatch's context, shared by its events
 
     # -- building ------------------------------------------------------------------------------
     def add_policy(self, policy: ScheduledTrainingPolicy, epochs: Optional[Sequence[int]] = None,
@@ -130,8 +146,11 @@ class CompressionScheduler:
             meta = {"starting_epoch": policy.epochs[0], "ending_epoch": policy.epochs[-1] + 1,
                     "frequency": None}
         self.sched_metadata[policy] = meta
+        handled = [event for event in _EVENTS if _handles(policy, event)]
         for epoch in policy.epochs:
             self.policies[epoch].append(policy)
+            for event in handled:
+                self._handlers[event][epoch].append(policy)
         self.ordered.append(policy)
         self.keys.append(key or f"{len(self.ordered) - 1}:{type(policy).__name__}:{policy.name}")
 
@@ -145,10 +164,21 @@ class CompressionScheduler:
         return dict(self.store.masks)
 
     # -- events --------------------------------------------------------------------------------
-    # Each event builds one StepContext and hands it to the policies of the epoch, in order; an
-    # epoch without policies costs a dict lookup.
+    # Each event hands one StepContext, in order, to the policies of the epoch that handle that
+    # event (the minibatch events share one per minibatch); when none does, it costs a dict lookup.
+    def _minibatch_context(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                           optimizer) -> StepContext:
+        """One context per minibatch, shared by its events (policies treat it as read-only): an
+        allocation right after the backward pass costs more than the whole dispatch."""
+        ctx = self._ctx
+        if ctx is None or ctx.minibatch_id != minibatch_id or ctx.epoch != epoch or \
+                ctx.minibatches_per_epoch != minibatches_per_epoch or ctx.optimizer is not optimizer:
+            ctx = self._ctx = StepContext(epoch, minibatch_id, minibatches_per_epoch, self.store,
+                                          self.model, optimizer)
+        return ctx
+
     def on_epoch_begin(self, epoch: int, optimizer=None, **kwargs) -> None:
-        policies = self.policies.get(epoch)
+        policies = self._handlers["on_epoch_begin"].get(epoch)
         if policies:
             ctx = StepContext(epoch, None, None, self.store, self.model, optimizer)
             for policy in policies:
@@ -156,10 +186,9 @@ class CompressionScheduler:
 
     def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                            optimizer=None) -> None:
-        policies = self.policies.get(epoch)
+        policies = self._handlers["on_minibatch_begin"].get(epoch)
         if policies:
-            ctx = StepContext(epoch, minibatch_id, minibatches_per_epoch, self.store, self.model,
-                              optimizer)
+            ctx = self._minibatch_context(epoch, minibatch_id, minibatches_per_epoch, optimizer)
             for policy in policies:
                 policy.on_minibatch_begin(ctx)
 
@@ -172,10 +201,10 @@ class CompressionScheduler:
         loss with the terms of the policies before it.
         """
         overall, components = loss, []
-        policies = self.policies.get(epoch)
+        policies = self._handlers["before_backward_pass"].get(epoch)
         if policies:
-            ctx = StepContext(epoch, minibatch_id, minibatches_per_epoch, self.store, self.model,
-                              optimizer, loss)
+            ctx = self._minibatch_context(epoch, minibatch_id, minibatches_per_epoch,
+                                          optimizer).with_loss(loss)
             for policy in policies:
                 out = policy.before_backward_pass(ctx)
                 if out is not None:
@@ -189,26 +218,24 @@ class CompressionScheduler:
 
     def before_parameter_optimization(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                                       optimizer=None) -> None:
-        policies = self.policies.get(epoch)
+        policies = self._handlers["before_parameter_optimization"].get(epoch)
         if policies:
-            ctx = StepContext(epoch, minibatch_id, minibatches_per_epoch, self.store, self.model,
-                              optimizer)
+            ctx = self._minibatch_context(epoch, minibatch_id, minibatches_per_epoch, optimizer)
             for policy in policies:
                 policy.before_parameter_optimization(ctx)
 
     def on_minibatch_end(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                          optimizer=None) -> None:
         self.store.apply_after_step()
-        policies = self.policies.get(epoch)
+        policies = self._handlers["on_minibatch_end"].get(epoch)
         if policies:
-            ctx = StepContext(epoch, minibatch_id, minibatches_per_epoch, self.store, self.model,
-                              optimizer)
+            ctx = self._minibatch_context(epoch, minibatch_id, minibatches_per_epoch, optimizer)
             for policy in policies:
                 policy.on_minibatch_end(ctx)
 
     def on_epoch_end(self, epoch: int, optimizer=None, metrics: Optional[Mapping] = None,
                      **kwargs) -> None:
-        policies = self.policies.get(epoch)
+        policies = self._handlers["on_epoch_end"].get(epoch)
         if policies:
             ctx = StepContext(epoch, None, None, self.store, self.model, optimizer, None, metrics)
             for policy in policies:

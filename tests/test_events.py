@@ -70,6 +70,51 @@ def test_each_event_hands_one_context_with_its_fields():
                            ("epoch_end", 1, {"min": 0.5})]
 
 
+def test_events_reach_only_the_policies_that_handle_them():
+    """The scheduler skips a policy on events it leaves to the base class's no-op, and still calls
+    an override on the class or on the instance."""
+    class OnlyEnd(ScheduledTrainingPolicy):
+        def on_minibatch_end(self, ctx):
+            self.ended = ctx.minibatch_id
+
+    scheduler = compressor.CompressionScheduler(nn.Linear(2, 2))
+    quiet, instance = OnlyEnd(), ScheduledTrainingPolicy()
+    instance.on_minibatch_begin = lambda ctx: setattr(instance, "began", ctx.minibatch_id)
+    scheduler.add_policy(quiet, epochs=[0])
+    scheduler.add_policy(instance, epochs=[0])
+    assert scheduler._handlers["on_minibatch_end"][0] == [quiet]
+    assert scheduler._handlers["on_minibatch_begin"][0] == [instance]
+    assert scheduler._handlers["before_backward_pass"].get(0) is None
+    six_events(scheduler, 0)
+    assert (quiet.ended, instance.began) == (0, 0)
+
+
+def test_minibatch_events_share_one_context_and_each_minibatch_gets_its_own():
+    seen = []
+
+    class Keep(ScheduledTrainingPolicy):
+        def on_minibatch_begin(self, ctx):
+            seen.append(ctx)
+
+        def before_parameter_optimization(self, ctx):
+            seen.append(ctx)
+
+        def on_minibatch_end(self, ctx):
+            seen.append(ctx)
+
+    scheduler = compressor.CompressionScheduler(nn.Linear(2, 2))
+    scheduler.add_policy(Keep(), epochs=[0, 1])
+    opt = object()
+    for epoch, mb in [(0, 0), (0, 1), (1, 1)]:
+        scheduler.on_minibatch_begin(epoch, mb, 3, opt)
+        scheduler.before_parameter_optimization(epoch, mb, 3, opt)
+        scheduler.on_minibatch_end(epoch, mb, 3, opt)
+    assert [(c.epoch, c.minibatch_id) for c in seen] == [(0, 0)] * 3 + [(0, 1)] * 3 + [(1, 1)] * 3
+    assert seen[0] is seen[2] and seen[3] is not seen[0] and seen[6] is not seen[3]
+    scheduler.on_minibatch_end(1, 1, 3, object())       # another optimizer: a new context
+    assert seen[-1] is not seen[6] and seen[-1].optimizer is not opt
+
+
 def test_each_policy_sees_the_loss_with_the_terms_before_it():
     scheduler = compressor.CompressionScheduler(nn.Linear(2, 2))
     a, b = Recorder(term=10.0), Recorder(term=100.0)
