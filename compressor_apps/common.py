@@ -59,7 +59,11 @@ def make_run_dir(config: RunConfig) -> str:
     while os.path.exists(path):
         suffix += 1
         path = os.path.join(config.out_dir, f"{base}_{suffix}")
-    os.makedirs(path)
+    try:
+        os.makedirs(path)
+    except OSError as e:   # checked up front (RunConfig), but the disk can change or fill since
+        raise UsageError(f"--out-dir {config.out_dir}: cannot create the run folder {path}: "
+                         f"{e.strerror or e}") from None
     return path
 
 

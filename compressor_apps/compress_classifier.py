@@ -48,6 +48,8 @@ def run(config: RunConfig) -> int:
     """Run the mode ``config`` asks for (or train); returns the exit code."""
     env = init_from_env(config.cpu)
     distributed = env is not None
+    if config.compile and distributed:   # refused before any file (run.log) is written
+        raise UsageError("--compile is not supported under torchrun yet; drop one of them")
     device = env.device if distributed else pick_device(config)
     if distributed and config.batch_size % env.world_size:
         raise UsageError(f"--batch-size {config.batch_size} must divide evenly among "
@@ -146,8 +148,6 @@ def run(config: RunConfig) -> int:
     # The final epoch: --epochs, or for a scratch-B baseline the same compute as the dense run.
     epochs = scratch_epochs(config, model, model_dataset) if config.scratch == "B" else config.epochs
 
-    if config.compile and distributed:
-        raise UsageError("--compile is not supported under torchrun yet; drop one of them")
     train_model = ElasticDDP(model) if distributed else model
     if config.compile:
         train_model = torch.compile(train_model)

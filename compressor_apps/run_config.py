@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -127,7 +128,15 @@ class RunConfig:
                 raise UsageError(message)
         need(self.epochs >= 0, f"--epochs must be >= 0; got {self.epochs}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}")
-        need(self.lr > 0, f"--lr must be > 0; got {self.lr}")
+        # NaN fails every comparison, so each range test below also refuses it; inf is named
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a finite number > 0; got {self.lr}")
+        need(math.isfinite(self.momentum) and 0 <= self.momentum <= 1,
+             f"--momentum must be in [0, 1]; got {self.momentum}")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be a finite number >= 0; got {self.weight_decay}")
+        # torch.manual_seed takes 64 bits, and torchrun broadcasts the seed as an int64
+        need(self.seed is None or 0 <= self.seed < 2 ** 63,
+             f"--seed must be in [0, 2**63 - 1]; got {self.seed}")
         need(0 <= self.validation_split < 1,
              f"--validation-split must be in [0, 1); got {self.validation_split}")
         for flag in ("effective_train_size", "effective_valid_size", "effective_test_size"):
@@ -148,10 +157,36 @@ class RunConfig:
         need(step > 0 and 0 <= start < stop <= 1,
              f"--sense-range START STOP STEP needs 0 <= START < STOP <= 1 and STEP > 0; got "
              f"{' '.join(f'{x:g}' for x in self.sense_range)}")
+        need(math.isfinite(self.sense_max_drop) and self.sense_max_drop >= 0,
+             f"--sense-max-drop must be a finite number of top-1 points >= 0; got {self.sense_max_drop}")
+        # --thinnify runs instead of training and would drop --evaluate without a word
+        need(not (self.evaluate and self.thinnify),
+             "--evaluate and --thinnify cannot be used together: run --thinnify, then --evaluate "
+             "with --exp-load-weights-from on the thinned checkpoint")
+        if self.scratch_dense_arch is not None:
+            try:
+                models.ARCHITECTURES[self.scratch_dense_arch]
+            except CompressorError as e:
+                raise UsageError(f"--scratch-dense-arch: {e}") from None
+        _check_out_dir(self.out_dir)
         for flag in ("compress", "resume_from", "exp_load_weights_from"):
             path = getattr(self, flag)
             need(path is None or os.path.isfile(path),
                  f"--{flag.replace('_', '-')}: file not found: {path}")
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """``UsageError`` unless the run folder can be made under ``out_dir`` (checked before writing)."""
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):   # the nearest part of the path that exists
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is" if existing == os.path.abspath(out_dir) else f"is under {existing}, which is"
+        raise UsageError(f"--out-dir {out_dir} {where} a file, not a folder; name a folder "
+                         f"(it is created when missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out-dir {out_dir}: no permission to write in {existing}; name a "
+                         f"writable folder")
 
 
 def model_dataset_of(dataset: str) -> str:

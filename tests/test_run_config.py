@@ -66,3 +66,41 @@ def test_one_dataset_table_behind_every_view():
     assert dataset_spec("Digits").model_dataset == "mnist"
     with pytest.raises(data.DatasetError, match=r"unknown dataset 'svhn'.*known: cifar10, digits"):
         dataset_spec("svhn")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("--lr", "inf"), r"--lr must be a finite number > 0; got inf"),
+    (("--momentum", "nan"), r"--momentum must be in \[0, 1\]; got nan"),
+    (("--wd", "-1"), r"--weight-decay must be a finite number >= 0; got -1"),
+    (("--seed", str(2 ** 63)), r"--seed must be in \[0, 2\*\*63 - 1\]"),
+    (("--sense-max-drop", "inf"), r"--sense-max-drop must be a finite number"),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused(argv, message):
+    with pytest.raises(UsageError, match=message):
+        config(*argv)
+
+
+def test_out_dir_that_is_a_file_or_under_one_is_refused(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(UsageError, match=r"--out-dir .*afile is a file, not a folder"):
+        config("-o", str(f))
+    with pytest.raises(UsageError, match=r"--out-dir .*sub is under .*afile, which is a file"):
+        config("-o", str(f / "sub"))
+    assert config("-o", str(tmp_path / "new" / "deeper")).out_dir.endswith("deeper")   # made later
+
+
+def test_unwritable_out_dir_is_refused(tmp_path, monkeypatch):
+    # os.access is what the check asks; root may write anywhere, so the answer is stubbed
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    with pytest.raises(UsageError, match=r"--out-dir .*: no permission to write in"):
+        config("-o", str(tmp_path / "x"))
+
+
+def test_compile_under_torchrun_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    from compressor_apps import compress_classifier
+    monkeypatch.setattr(compress_classifier, "init_from_env", lambda cpu: object())
+    code = compress_classifier.main(["--dataset", "digits", "--compile", "-o", str(tmp_path / "o")])
+    assert code == 2
+    assert "--compile is not supported under torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
