@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import yaml
 
 from .errors import ComponentArgError, ScheduleError, listing, suggest
+from .lr_schedulers import check_args as check_lr_args, steps_allowed
 from .policy_options import DEFAULT_OPTIONS, OPTION_TYPES, PolicyOptions, check_option
 from .registry import SECTIONS
 
@@ -202,6 +203,12 @@ def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
             if not isinstance(class_name, str) or class_name not in registry:
                 raise err(registry.unknown_message(class_name), spec, "class", f"{keypath}.class")
             args = {k: v for k, v in spec.items() if k != "class"}
+            if section == "lr_schedulers":
+                try:
+                    check_lr_args(class_name, args)
+                except ComponentArgError as e:
+                    top = e.key.split("[", 1)[0]
+                    raise err(e.reason, spec, top, f"{keypath}.{e.key}") from None
             components[section][str(name)] = Component(section, str(name), class_name, args, spec,
                                                         line_of(entries, name))
 
@@ -214,6 +221,15 @@ def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
         raise err(f"'policies' must be a list; got {type(raw_policies).__name__}",
                   data, "policies", "policies")
     policies = [_policy(i, p, raw_policies, components, err) for i, p in enumerate(raw_policies)]
+    for spec in policies:
+        if spec.kind == "lr_scheduler":
+            component = components["lr_schedulers"][spec.instance_name]
+            allowed_steps = steps_allowed(component.class_name, component.args)
+            steps = len(spec.firing_epochs())
+            if allowed_steps is not None and steps > allowed_steps:
+                raise err(f"{component.class_name} '{spec.instance_name}' allows {allowed_steps} "
+                          f"steps but this policy steps it {steps} times (once per epoch); give "
+                          f"total_steps >= {steps} or fewer epochs", spec.raw, None, spec.key)
     input_shape = None
     if "input_shape" in data:
         input_shape = sample_shape(data["input_shape"])

@@ -9,8 +9,10 @@ schedulers' public ``state_dict``/``load_state_dict``.
 from __future__ import annotations
 
 import inspect
+import math
+import re
 from bisect import bisect_right
-from typing import Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import torch
 from torch.optim import lr_scheduler as torch_lr
@@ -90,6 +92,100 @@ class MultiStepMultiGammaLR(torch_lr.LRScheduler):
     def get_lr(self):
         idx = bisect_right(self.milestones, self.last_epoch)
         return [base * self.multiplicative_gammas[idx] for base in self.base_lrs]
+
+
+# What each scheduler's numeric arguments must be, so a schedule is refused when it is loaded
+# rather than when the scheduler is first stepped (torch checks most of these only then, after a
+# whole epoch). kind: "int" (an integer >= low) or "num" (a finite number >= low, or > low when
+# strict); "nums"/"ints" are lists of those. Arguments not listed are left to the constructor.
+_INT, _NUM = "int", "num"
+ARG_RULES: Dict[str, Dict[str, Tuple[str, float, bool]]] = {
+    "StepLR": {"step_size": (_INT, 1, False), "gamma": (_NUM, 0, True)},
+    "MultiStepLR": {"milestones": ("ints", 0, False), "gamma": (_NUM, 0, True)},
+    "ExponentialLR": {"gamma": (_NUM, 0, True)},
+    "CosineAnnealingLR": {"T_max": (_INT, 1, False), "eta_min": (_NUM, 0, False)},
+    "CosineAnnealingWarmRestarts": {"T_0": (_INT, 1, False), "T_mult": (_INT, 1, False),
+                                    "eta_min": (_NUM, 0, False)},
+    "PolynomialLR": {"T_max": (_INT, 1, False), "total_iters": (_INT, 1, False),
+                     "power": (_NUM, 0, False)},
+    "MultiStepMultiGammaLR": {"milestones": ("ints", 0, False), "gammas": ("nums", 0, True)},
+    "ReduceLROnPlateau": {"factor": (_NUM, 0, True), "patience": (_INT, 0, False),
+                          "threshold": (_NUM, 0, False), "cooldown": (_INT, 0, False),
+                          "min_lr": (_NUM, 0, False), "eps": (_NUM, 0, False)},
+    "OneCycleLR": {"max_lr": (_NUM, 0, True), "total_steps": (_INT, 1, False),
+                   "epochs": (_INT, 1, False), "steps_per_epoch": (_INT, 1, False),
+                   "pct_start": (_NUM, 0, False), "div_factor": (_NUM, 0, True),
+                   "final_div_factor": (_NUM, 0, True), "base_momentum": (_NUM, 0, False),
+                   "max_momentum": (_NUM, 0, False)},
+    "CyclicLR": {"base_lr": (_NUM, 0, False), "max_lr": (_NUM, 0, True),
+                 "step_size_up": (_INT, 1, False), "step_size_down": (_INT, 1, False),
+                 "gamma": (_NUM, 0, True), "base_momentum": (_NUM, 0, False),
+                 "max_momentum": (_NUM, 0, False)},
+    "LinearLR": {"start_factor": (_NUM, 0, True), "end_factor": (_NUM, 0, False),
+                 "total_iters": (_INT, 1, False)},
+    "ConstantLR": {"factor": (_NUM, 0, False), "total_iters": (_INT, 1, False)},
+}
+_NUMBER_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_value(key: str, value: Any, kind: str, low: float, strict: bool) -> None:
+    if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
+        text = value.strip().lower()
+        if "e" not in text:
+            raise ComponentArgError(key, f"{value!r} is quoted text, not a number; write it "
+                                         f"unquoted: {text}")
+        # YAML 1.1 reads 5e-1 or 1e3 (no dot in the mantissa) as text, not a number.
+        mantissa, exponent = text.split("e", 1)
+        fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
+        raise ComponentArgError(key, f"{value!r} is text, not a number (YAML 1.1 reads an "
+                                     f"exponent without a dot as text): write {fixed}")
+    if kind == _INT:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ComponentArgError(key, f"must be an integer >= {int(low)}; got {_short(value)}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ComponentArgError(key, f"must be a number; got {_short(value)}")
+    if not math.isfinite(value):
+        raise ComponentArgError(key, f"must be a finite number; got {value}")
+    if value < low or (strict and value == low):
+        raise ComponentArgError(key, f"must be {'>' if strict else '>='} {low:g}; got {value}")
+
+
+def check_args(class_name: str, args: Mapping[str, Any]) -> None:
+    """Raise ``ComponentArgError(key, reason)`` for a numeric argument of a known LR scheduler
+    that is of the wrong type, not finite or out of range (see ``ARG_RULES``)."""
+    rules = ARG_RULES.get(class_name, {})
+    for key, value in args.items():
+        if key not in rules:
+            continue
+        kind, low, strict = rules[key]
+        if kind in ("ints", "nums"):
+            if not isinstance(value, (list, tuple)):
+                raise ComponentArgError(key, f"must be a list of numbers; got {_short(value)}")
+            for i, item in enumerate(value):
+                _check_value(f"{key}[{i}]", item, kind[:-1], low, strict)
+        elif key in ("max_lr", "base_lr", "min_lr") and isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):   # one per param group
+                _check_value(f"{key}[{i}]", item, kind, low, strict)
+        else:
+            _check_value(key, value, kind, low, strict)
+
+
+def steps_allowed(class_name: str, args: Mapping[str, Any]):
+    """How many ``step()`` calls the scheduler allows after construction, when it is bounded
+    (OneCycleLR: ``total_steps``, or ``epochs * steps_per_epoch``); None otherwise."""
+    if class_name != "OneCycleLR":
+        return None
+    if isinstance(args.get("total_steps"), int):
+        return args["total_steps"]
+    if isinstance(args.get("epochs"), int) and isinstance(args.get("steps_per_epoch"), int):
+        return args["epochs"] * args["steps_per_epoch"]
+    return None
 
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> list:
