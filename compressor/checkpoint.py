@@ -24,6 +24,7 @@ from torch import nn
 
 from .atomic import atomic_write
 from . import checkpoint_distiller as distiller_format
+from .checkpoint_digest import KEY as DIGEST_KEY, tensor_digest
 from .errors import CheckpointError, CheckpointNotFoundError, OptimizerMismatchError
 from .masks import unwrap
 from .scheduler import CompressionScheduler
@@ -50,8 +51,9 @@ def make_checkpoint(model: nn.Module, optimizer=None, scheduler=None, *, arch: O
 
 
 def save_checkpoint(path: str, model: nn.Module, optimizer=None, scheduler=None, **info) -> str:
-    """Write a checkpoint atomically to ``path``; returns the path."""
+    """Write a checkpoint atomically to ``path``, with a digest of its tensors; returns the path."""
     ckpt = make_checkpoint(model, optimizer, scheduler, **info)
+    ckpt[DIGEST_KEY] = tensor_digest(ckpt)   # optional on read: older and Distiller's files lack it
     atomic_write(path, lambda f: torch.save(ckpt, f))
     return path
 
@@ -88,6 +90,9 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: not a compressor checkpoint (no 'state_dict' entry); "
                               f"found {type(ckpt).__name__}"
                               + (f" with keys {', '.join(map(str, list(ckpt)[:6]))}" if isinstance(ckpt, Mapping) else ""))
+    if DIGEST_KEY in ckpt and ckpt[DIGEST_KEY] != tensor_digest(ckpt):
+        raise CheckpointError(f"{path}: damaged: tensor checksum mismatch (a weight, optimizer or "
+                              f"mask tensor differs from what was saved); use an intact copy")
     return distiller_format.plain(dict(ckpt), path)
 
 

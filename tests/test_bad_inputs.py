@@ -69,6 +69,10 @@ def files(tmp_path_factory):
     sgd_model = create_model("simplenet_mnist")
     save_checkpoint(str(d / "sgd.pth.tar"), sgd_model, torch.optim.SGD(sgd_model.parameters(), lr=0.1),
                     arch="simplenet_mnist", dataset="digits", epoch=0)
+    flipped_model = create_model("simplenet_mnist")
+    save_checkpoint(str(d / "flipped.pth.tar"), flipped_model, arch="simplenet_mnist", dataset="digits", epoch=0)
+    from checkpoint_damage import flip_exponent_bit_in_file
+    flip_exponent_bit_in_file(str(d / "flipped.pth.tar"), flipped_model.state_dict()["conv1.weight"])
     data = open(good, "rb").read()
     (d / "truncated.pth.tar").write_bytes(data[: len(data) // 3])
     torch.save({"state_dict": {}, "payload": Evil()}, d / "pickled.pth.tar")
@@ -79,7 +83,7 @@ def files(tmp_path_factory):
     return {**data_files, "tmp": str(d), "empty_dir": str(d / "empty"), "ckpt_good": good,
             "ckpt_thinned": str(d / "thinned.pth.tar"), "ckpt_sgd": str(d / "sgd.pth.tar"),
             "ckpt_truncated": str(d / "truncated.pth.tar"), "ckpt_pickled": str(d / "pickled.pth.tar"),
-            "ckpt_plain": str(d / "plain.pt"),
+            "ckpt_plain": str(d / "plain.pt"), "ckpt_flipped": str(d / "flipped.pth.tar"),
             "ckpt_distiller_quantizer": str(d / "distiller_quantizer.pth.tar")}
 
 

@@ -10,6 +10,7 @@ from compressor.checkpoint import (atomic_write, load_checkpoint, read_checkpoin
                                    save_checkpoint)
 from compressor.errors import CheckpointError, OptimizerMismatchError
 
+from checkpoint_damage import flip_exponent_bit_in_file
 from helpers import TinyNet, make_batches, train
 
 
@@ -208,3 +209,44 @@ def test_legacy_batch_norm_without_counter_and_dataparallel_prefix_load(tmp_path
     load_checkpoint(m2, str(path))
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(m2.eval()(x), model(x))
+
+
+# -- issue 13: damaged and crafted checkpoints are refused in one line ---------------------------
+
+FIXTURE_V1 = os.path.join(os.path.dirname(__file__), "fixtures", "v1_simplenet_thin.pth.tar")
+
+
+def test_a_flipped_exponent_bit_in_the_file_is_refused(tmp_path):
+    model, opt, sched = pruned_run()
+    path = save_checkpoint(str(tmp_path / "c.pth.tar"), model, opt, sched, epoch=0)
+    flip_exponent_bit_in_file(path, model.state_dict()["fc.weight"])
+    # torch itself loads the damaged file: the weight is off by a factor of 2**128 (or 2**-128)
+    raw = torch.load(path, weights_only=True)["state_dict"]["fc.weight"]
+    assert not torch.equal(raw, model.state_dict()["fc.weight"])
+    with pytest.raises(CheckpointError, match=r"c\.pth\.tar: damaged: tensor checksum mismatch"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("part", ["state_dict", "optimizer_state_dict", "compression_sched"])
+def test_a_tensor_edited_under_the_old_digest_is_refused(tmp_path, part):
+    model, opt, sched = pruned_run()
+    path = save_checkpoint(str(tmp_path / "c.pth.tar"), model, opt, sched, epoch=0)
+    ckpt = torch.load(path, weights_only=True)
+    tensor = {"state_dict": lambda c: c["state_dict"]["fc.weight"],
+              "optimizer_state_dict": lambda c: next(iter(c["optimizer_state_dict"]["state"].values()))["momentum_buffer"],
+              "compression_sched": lambda c: c["compression_sched"]["masks_dict"]["masks"]["fc.weight"]}[part](ckpt)
+    flat = tensor.view(-1)
+    flat[0] = ~flat[0] if tensor.dtype == torch.bool else flat[0] * 2.0
+    torch.save(ckpt, path)   # the digest saved with the original tensors is kept
+    with pytest.raises(CheckpointError, match=r"damaged: tensor checksum mismatch"):
+        read_checkpoint(path)
+
+
+def test_checkpoints_without_a_digest_still_load(tmp_path):
+    assert "tensor_sha256" not in torch.load(FIXTURE_V1, weights_only=True)
+    ckpt = read_checkpoint(FIXTURE_V1)
+    assert "state_dict" in ckpt
+    model, opt, sched = pruned_run()
+    path = save_checkpoint(str(tmp_path / "c.pth.tar"), model, opt, sched, epoch=0)
+    assert isinstance(torch.load(path, weights_only=True)["tensor_sha256"], str)
+    load_checkpoint(TinyNet(), path)
