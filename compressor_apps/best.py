@@ -19,10 +19,13 @@ class BestScores:
     def add(self, scores: dict) -> bool:
         """Record an epoch; True when it is the new best."""
         self.history.append(scores)
-        return self.best(1)[0] is scores
+        best = self.best(1)
+        return bool(best) and best[0] is scores
 
     def best(self, n: int) -> List[dict]:
-        return sorted(self.history, key=self.key, reverse=True)[:n]
+        """The ``n`` best epochs; one whose validation metrics were not finite is never ranked."""
+        ranked = [s for s in self.history if s.get("finite", True)]   # older histories lack the key
+        return sorted(ranked, key=self.key, reverse=True)[:n]
 
     def describe(self, n: int) -> str:
         ranking = "top-1, then top-5" if self.by == "top1" else "fewest non-zero parameters, then top-1"

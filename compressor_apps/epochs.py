@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from compressor.distributed import broadcast_masks, reduce_mean, reduce_sum_tens
 from compressor.training import EpochStats, evaluate, train_epoch
 from .best import BestScores
 from .common import table, weight_stats
+from .finite_loss import FiniteLoss
 from .progress import Progress, use_bar
 from .run_config import RunConfig
 
@@ -144,7 +146,8 @@ class Loop:
         if acts is not None:
             acts.__enter__()
         try:
-            stats = train_epoch(self.train_model, self.train_loader, self.criterion, self.optimizer,
+            criterion = FiniteLoss(self.criterion, epoch, skip)   # a NaN/inf loss stops the run
+            stats = train_epoch(self.train_model, self.train_loader, criterion, self.optimizer,
                                 epoch, self.scheduler, self.device,
                                 progress=Progress(f"Epoch: [{epoch}]", bar) if self.run_dir else None,
                                 print_freq=self.config.print_freq, stop=stop, skip=skip)
@@ -197,8 +200,12 @@ class Loop:
         if self.scheduler is not None:
             self.scheduler.on_epoch_end(epoch, self.optimizer, metrics={"min": val.loss, "max": val.top1})
 
+        finite = all(math.isfinite(x) for x in (val.loss, val.top1, val.top5))
+        if not finite:
+            log.warning("Warning: validation metrics of epoch %d are not finite (loss %s); this "
+                        "epoch cannot be the best", epoch, val.loss)
         is_best = self.best.add({"epoch": epoch, "top1": val.top1, "top5": val.top5,
-                                 "sparsity": total_sparsity, "nnz": nnz})
+                                 "sparsity": total_sparsity, "nnz": nnz, "finite": finite})
         log.info(self.best.describe(self.config.num_best_scores))
         self.metrics_rows.append({
             "epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_overall_loss": stats.overall_loss,

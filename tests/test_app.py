@@ -232,3 +232,37 @@ def test_deprecated_resume_means_resume_from_with_reset_optimizer(tmp_path, caps
     assert "--resume is deprecated" in capsys.readouterr().out
     metrics = pd.read_csv(os.path.join(run_dir(tmp_path / "out"), "metrics.csv"))
     assert list(metrics["epoch"]) == [0]           # epoch count reset, as Distiller did
+
+
+def test_a_non_finite_training_loss_stops_the_run_with_exit_2_and_no_best_checkpoint(tmp_path, capsys):
+    # lr 1e30 makes the first SGD step blow the weights up, so minibatch 1's loss is not finite
+    out = tmp_path / "out"
+    code = main(["--arch", "simplenet_mnist", "--dataset", "digits", "--epochs", "2", "--lr", "1e30",
+                 "--seed", "1", "--no-progress-bar", "-o", str(out)])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert re.search(r"the training loss is (nan|inf|-inf) at epoch 0, minibatch \d+; stopped", lines[0])
+    d = run_dir(out)
+    assert not os.path.exists(os.path.join(d, "best.pth.tar"))
+    assert not os.path.exists(os.path.join(d, "checkpoint.pth.tar"))
+
+
+def test_an_epoch_with_non_finite_validation_metrics_is_never_the_best():
+    from compressor_apps.best import BestScores
+    best = BestScores("top1")
+    assert not best.add({"epoch": 0, "top1": 90.0, "top5": 99.0, "nnz": 5, "sparsity": 0.0,
+                         "finite": False})
+    assert best.best(1) == []
+    assert best.add({"epoch": 1, "top1": 10.0, "top5": 50.0, "nnz": 5, "sparsity": 0.0, "finite": True})
+    assert [s["epoch"] for s in best.best(5)] == [1]
+    old = BestScores("top1", [{"epoch": 0, "top1": 1.0, "top5": 2.0, "nnz": 5, "sparsity": 0.0}])
+    assert old.best(1)[0]["epoch"] == 0     # histories from older checkpoints have no "finite" key
+
+
+def test_finite_loss_counts_minibatches_from_the_resumed_one():
+    from compressor_apps.finite_loss import FiniteLoss, NonFiniteLossError
+    crit = FiniteLoss(lambda out, tgt: out.sum(), epoch=3, skip=5)
+    assert crit(torch.ones(2), None).item() == 2.0
+    with pytest.raises(NonFiniteLossError, match=r"loss is inf at epoch 3, minibatch 6;"):
+        crit(torch.tensor([float("inf")]), None)
