@@ -25,6 +25,7 @@ from torch import nn
 from .atomic import atomic_write
 from . import checkpoint_distiller as distiller_format
 from .checkpoint_digest import KEY as DIGEST_KEY, tensor_digest
+from .checkpoint_validate import check_fields, check_optimizer_fits
 from .errors import CheckpointError, CheckpointNotFoundError, OptimizerMismatchError
 from .masks import unwrap
 from .scheduler import CompressionScheduler
@@ -93,7 +94,9 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     if DIGEST_KEY in ckpt and ckpt[DIGEST_KEY] != tensor_digest(ckpt):
         raise CheckpointError(f"{path}: damaged: tensor checksum mismatch (a weight, optimizer or "
                               f"mask tensor differs from what was saved); use an intact copy")
-    return distiller_format.plain(dict(ckpt), path)
+    ckpt = distiller_format.plain(dict(ckpt), path)
+    check_fields(ckpt, path)
+    return ckpt
 
 
 def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str,
@@ -190,6 +193,7 @@ def rebuild_optimizer(model: nn.Module, ckpt: Mapping[str, Any], path: str = "ch
                       stacklevel=2)
         return None
     optimizer = cls(model.parameters(), lr=1.0)   # lr is required by SGD; the state replaces it
+    check_optimizer_fits(state, [p for g in optimizer.param_groups for p in g["params"]], path)
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
@@ -217,12 +221,17 @@ def restore(ckpt: Mapping[str, Any], model: nn.Module, optimizer=None, scheduler
         saved_type = ckpt.get("optimizer_type")
         if saved_type and saved_type != type(optimizer).__name__:
             raise OptimizerMismatchError(path, saved_type, type(optimizer).__name__)
+        check_optimizer_fits(ckpt["optimizer_state_dict"],
+                             [p for g in optimizer.param_groups for p in g["params"]], path)
         try:
             optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
     if scheduler is not None and ckpt.get("compression_sched") is not None:
-        scheduler.load_state_dict(ckpt["compression_sched"])
+        try:
+            scheduler.load_state_dict(ckpt["compression_sched"])
+        except CheckpointError as e:   # the store and scheduler do not know the file's name
+            raise CheckpointError(str(e) if str(e).startswith(path) else f"{path}: {e}") from None
 
 
 def load_checkpoint(model: nn.Module, chkpt_file: str, optimizer=None,

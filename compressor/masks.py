@@ -117,12 +117,28 @@ class MaskStore:
                 "forward_only": sorted(normalize_name(n) for n in self.forward_only)}
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Replace the masks with saved ones; each must be a 0/1 tensor of its parameter's shape.
+
+        Masks of other values are refused rather than loaded: a 0.5 would halve the weight at
+        every step.
+        """
+        if not isinstance(state, Mapping) or not isinstance(state.get("masks", {}), Mapping):
+            raise CheckpointError(f"masks must be a dict of parameter name to 0/1 tensor; got "
+                                  f"{type(state.get('masks') if isinstance(state, Mapping) else state).__name__}")
+        forward_only = state.get("forward_only", [])
+        if not isinstance(forward_only, (list, tuple, set)) or not all(isinstance(n, str) for n in forward_only):
+            raise CheckpointError("masks 'forward_only' must be a list of parameter names")
         by_norm = {normalize_name(n): n for n in self.params}
         masks = {}
         for key, mask in state.get("masks", {}).items():
             name = by_norm.get(normalize_name(key))
             if name is None:
                 raise CheckpointError(f"mask for '{key}' has no parameter of that name in the model")
+            if not isinstance(mask, torch.Tensor):
+                raise CheckpointError(f"mask for '{key}' must be a tensor of 0/1; got {type(mask).__name__}")
+            if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+                odd = mask[(mask != 0) & (mask != 1)].reshape(-1)[0].item()
+                raise CheckpointError(f"mask for '{key}' must hold only 0 and 1; found {odd}")
             if tuple(mask.shape) != tuple(self.params[name].shape):
                 raise CheckpointError(f"mask for '{key}' has shape {tuple(mask.shape)} but the "
                                       f"parameter has {tuple(self.params[name].shape)}")
@@ -130,5 +146,5 @@ class MaskStore:
         self.masks = {}
         for name, mask in masks.items():
             self.set(name, mask, intersect=False)
-        self.forward_only = {by_norm[n] for n in state.get("forward_only", []) if n in by_norm}
+        self.forward_only = {by_norm[n] for n in forward_only if n in by_norm}
         self._fused = None

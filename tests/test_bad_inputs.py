@@ -80,6 +80,8 @@ def files(tmp_path_factory):
     save_distiller_with_quantizer(str(d / "distiller_quantizer.pth.tar"))
     from hostile_data import make_bad_data   # dataset files for the 3xx cases
     data_files = make_bad_data(d / "data")
+    from crafted_checkpoints import make_crafted   # wrong-typed checkpoint fields for the 6xx cases
+    data_files.update(make_crafted(d))
     return {**data_files, "tmp": str(d), "empty_dir": str(d / "empty"), "ckpt_good": good,
             "ckpt_thinned": str(d / "thinned.pth.tar"), "ckpt_sgd": str(d / "sgd.pth.tar"),
             "ckpt_truncated": str(d / "truncated.pth.tar"), "ckpt_pickled": str(d / "pickled.pth.tar"),

@@ -250,3 +250,77 @@ def test_checkpoints_without_a_digest_still_load(tmp_path):
     path = save_checkpoint(str(tmp_path / "c.pth.tar"), model, opt, sched, epoch=0)
     assert isinstance(torch.load(path, weights_only=True)["tensor_sha256"], str)
     load_checkpoint(TinyNet(), path)
+
+
+def crafted(tmp_path, edit):
+    """A pruned-run checkpoint edited by ``edit(ckpt)`` and saved without a digest (as a crafter would)."""
+    model, opt, sched = pruned_run()
+    path = save_checkpoint(str(tmp_path / "c.pth.tar"), model, opt, sched, epoch=2)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["tensor_sha256"]
+    edit(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def momentum_of(ckpt, name_index=0):
+    return ckpt["optimizer_state_dict"]["state"][name_index]
+
+
+def masks_of(ckpt):
+    return ckpt["compression_sched"]["masks_dict"]
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c.update(epoch="three"), r"c\.pth\.tar: 'epoch' must be an integer >= -1 .*got 'three' \(str\)"),
+    (lambda c: c.update(epoch=-5), r"'epoch' must be an integer >= -1 .*got -5"),
+    (lambda c: c.update(epoch=True), r"'epoch' must be an integer >= -1"),
+    (lambda c: c.update(extras=[1, 2]), r"'extras' must be a dict; got list"),
+    (lambda c: c["extras"].update(resume_epoch=-1), r"extras\['resume_epoch'\] must be an integer >= 0; got -1"),
+    (lambda c: c["extras"].update(resume_minibatch="40"), r"extras\['resume_minibatch'\] must be an integer >= 0"),
+    (lambda c: c["extras"].update(rng_state=[1, 2]), r"extras\['rng_state'\] must be a 1-d uint8 tensor"),
+    (lambda c: c["optimizer_state_dict"]["param_groups"][0].update(lr="0.1"),
+     r"optimizer_state_dict param_groups\[0\]\['lr'\] must be a finite number; got '0\.1' \(str\)"),
+    (lambda c: c["optimizer_state_dict"]["param_groups"][0].update(momentum=float("nan")),
+     r"param_groups\[0\]\['momentum'\] must be a finite number"),
+    (lambda c: c.update(optimizer_state_dict=[]), r"optimizer_state_dict must be a dict"),
+    (lambda c: c["state_dict"].update({"fc.weight": 3}), r"state_dict\['fc\.weight'\] must be a tensor; got int"),
+])
+def test_crafted_fields_are_refused_on_read(tmp_path, edit, match):
+    path = crafted(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=match):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_momentum_buffer_of_the_wrong_shape_is_refused(tmp_path, given):
+    def edit(c):
+        momentum_of(c)["momentum_buffer"] = torch.zeros(3, 3)
+    path = crafted(tmp_path, edit)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if given else None
+    with pytest.raises(CheckpointError, match=r"c\.pth\.tar: optimizer state 'momentum_buffer' of "
+                                              r"parameter 0 has shape \(3, 3\), the parameter has"):
+        load_checkpoint(model, path, opt)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c["compression_sched"].update(masks_dict=5), r"c\.pth\.tar: masks must be a dict .*got int"),
+    (lambda c: masks_of(c)["masks"].update({"fc.weight": 1}), r"c\.pth\.tar: mask for 'fc\.weight' must be a tensor of 0/1; got int"),
+    (lambda c: masks_of(c)["masks"].update({"fc.weight": torch.full_like(masks_of(c)["masks"]["fc.weight"], 0.5, dtype=torch.float32)}),
+     r"mask for 'fc\.weight' must hold only 0 and 1; found 0\.5"),
+    (lambda c: masks_of(c).update(forward_only=3), r"masks 'forward_only' must be a list"),
+])
+def test_crafted_masks_are_refused(tmp_path, edit, match):
+    path = crafted(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(TinyNet(), path)
+
+
+def test_float_masks_of_zeros_and_ones_still_load(tmp_path):
+    def edit(c):
+        m = masks_of(c)["masks"]
+        m["fc.weight"] = m["fc.weight"].float()   # Distiller saved masks in the weight's dtype
+    path = crafted(tmp_path, edit)
+    _, sched, _, start = load_checkpoint(TinyNet(), path)
+    assert start == 3 and set(sched.masks) == {"fc.weight", "conv2.weight"}
