@@ -96,7 +96,7 @@ def resolve_args(component: cfg.Component, names: Sequence[str], loc: _Locator) 
             if isinstance(value, str):   # Distiller matched a bare string by substring; we take it as one name
                 value = [value]
             if not isinstance(value, list) or not value:
-                raise loc.error(key, f"must be a non-empty list of weight names or patterns; got {value!r}")
+                raise loc.error(key, f"must be a non-empty list of weight names or patterns; got {cfg.short(value)}")
             resolved: List[str] = []
             for i, pattern in enumerate(value):
                 found = match_names(str(pattern), names)
@@ -111,7 +111,7 @@ def resolve_args(component: cfg.Component, names: Sequence[str], loc: _Locator) 
         if key in args:
             value = args[key]
             if not isinstance(value, Mapping) or not value:
-                raise loc.error(key, f"must map weight names (or patterns, '*' for all) to values; got {value!r}")
+                raise loc.error(key, f"must map weight names (or patterns, '*' for all) to values; got {cfg.short(value)}")
             resolved_d: Dict[str, Any] = {}
             # exact names first, then patterns in order, and Distiller's '*' default last
             ordered = sorted(value.items(), key=lambda kv: (str(kv[0]) == "*") + is_pattern(str(kv[0])))
@@ -194,7 +194,7 @@ def _policy_levels(spec: cfg.PolicySpec, params: Mapping[str, torch.Tensor], pat
         if not found:
             raise ScheduleError(_no_match(str(key), names), path, cfg.line_of(raw, key), keypath)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ScheduleError(f"must be a sparsity in [0, 1); got {value!r}", path,
+            raise ScheduleError(f"must be a sparsity in [0, 1); got {cfg.short(value)}", path,
                                 cfg.line_of(raw, key), keypath)
         for n in found:
             out.setdefault(n, float(value))

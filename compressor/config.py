@@ -6,6 +6,7 @@ mistake. Nothing here knows the model; name matching and class construction happ
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -40,16 +41,79 @@ class LList(list):
     item_lines: List[int]
 
 
+#: Bounds checked before anything is built, so a small hostile file cannot exhaust memory: the
+#: file's size, how deep collections nest, how many nodes the document has once every alias is
+#: expanded (a "billion laughs" file is 600 bytes), the largest epoch, and an error's length.
+MAX_FILE_BYTES = 1_000_000
+MAX_DEPTH = 100
+MAX_NODES = 100_000
+MAX_EPOCH = 100_000
+MAX_MESSAGE = 300
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for quoting a user's value in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def bounded(message: str) -> str:
+    """``message`` on one line of at most ``MAX_MESSAGE`` characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
+
+
 class _LocatingLoader(yaml.SafeLoader):
-    """SafeLoader that records line numbers; rejects duplicate keys (PyYAML silently keeps the last)."""
+    """SafeLoader that records line numbers; rejects duplicate keys (PyYAML silently keeps the last)
+    and documents beyond the bounds above, while composing, before any object is built."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: Dict[int, int] = {}   # id(node) -> nodes in it with aliases expanded
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"collections nest deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = self._sizes.get(id(node))
+        if size is None:   # an alias returns its anchor's node, already counted
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            else:
+                children = []
+            size = 1 + sum(self._sizes.get(id(c), 1) for c in children)
+            self._sizes[id(node)] = size
+        if size > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"the document expands to more than {MAX_NODES} nodes once its "
+                f"aliases (*name) are expanded", node.start_mark)
+        return node
 
     def construct_mapping(self, node, deep=False):
+        # A merge key (``<<: *anchor``) brings the anchor's keys in first; the mapping's own keys
+        # may then override them, as YAML and Distiller's loader allow. Only a key written twice
+        # in the mapping itself is a duplicate.
+        own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
         self.flatten_mapping(node)
         out = LDict()
         out.line, out.key_lines = node.start_mark.line + 1, {}
+        merged = set()
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
-            if key in out:
+            if id(key_node) not in own:
+                merged.add(key)
+            elif key in merged:
+                merged.discard(key)   # overridden: from here on it is the mapping's own key
+            elif key in out:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{key}' (first on line {out.key_lines[key]})",
                     key_node.start_mark)
@@ -135,7 +199,7 @@ class ScheduleConfig:
 
     def error(self, message: str, container: Any = None, key: Any = None,
               keypath: Optional[str] = None) -> ScheduleError:
-        return ScheduleError(message, self.path, line_of(container, key) if container is not None
+        return ScheduleError(bounded(message), self.path, line_of(container, key) if container is not None
                              else None, keypath)
 
 
@@ -144,7 +208,7 @@ def load(path: Union[str, os.PathLike]) -> ScheduleConfig:
     path = os.fspath(path)
     try:
         with open(path, "r", encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ScheduleError("schedule file not found", path) from None
     except (OSError, UnicodeDecodeError) as e:
@@ -154,22 +218,28 @@ def load(path: Union[str, os.PathLike]) -> ScheduleConfig:
 
 def loads(text: str, path: Optional[str] = "<string>") -> ScheduleConfig:
     """Parse and validate YAML text; ``path`` is only used in messages."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ScheduleError(f"the schedule is larger than {MAX_FILE_BYTES} characters; a schedule "
+                            f"is a short file of components and policies", path)
     try:
         data = yaml.load(text, Loader=_LocatingLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
         problem = " ".join(str(x) for x in (e.context, e.problem) if x)
-        raise ScheduleError(f"YAML syntax error: {problem}", path, line) from None
+        raise ScheduleError(bounded(f"YAML syntax error: {problem}"), path, line) from None
     except yaml.YAMLError as e:
-        raise ScheduleError(f"YAML syntax error: {e}", path) from None
+        raise ScheduleError(bounded(f"YAML syntax error: {e}"), path) from None
+    except RecursionError:   # a bound above should stop this first; never a traceback
+        raise ScheduleError(f"the schedule nests too deeply (more than {MAX_DEPTH} levels)",
+                            path) from None
     return from_dict(data, path)
 
 
 def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
     """Validate an already-parsed schedule (a mapping like the YAML's)."""
     def err(message, container=None, key=None, keypath=None):
-        return ScheduleError(message, path, line_of(container, key) if container is not None
+        return ScheduleError(bounded(message), path, line_of(container, key) if container is not None
                              else None, keypath)
 
     if data is None:
@@ -177,6 +247,11 @@ def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
     if not isinstance(data, Mapping):
         raise err(f"the schedule must be a mapping of {', '.join(TOP_LEVEL_KEYS)}; "
                   f"got {type(data).__name__}", data)
+    bad = _non_finite(data, "", set())
+    if bad is not None:
+        container, key, keypath, value = bad
+        raise err(f"must be a finite number; got {value} (NaN and infinity are refused "
+                  f"everywhere in a schedule)", container, key, keypath)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             hint = (" (quantization is not supported by compressor)" if key == "quantizers"
@@ -235,9 +310,34 @@ def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
         input_shape = sample_shape(data["input_shape"])
         if input_shape is None:
             raise err(f"must be the shape of one input sample (no batch dimension) as a list of "
-                      f"positive integers, e.g. [3, 32, 32]; got {data['input_shape']!r}",
+                      f"positive integers, e.g. [3, 32, 32]; got {short(data['input_shape'])}",
                       data, "input_shape", "input_shape")
     return ScheduleConfig(path, data.get("version"), components, policies, data, input_shape)
+
+
+def _non_finite(value: Any, keypath: str, stack: set):
+    """The first NaN or infinity inside ``value``: (container, key, keypath, number), or None."""
+    if id(value) in stack:      # a mapping built in Python may contain itself
+        return None
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = list(enumerate(value))
+    else:
+        return None
+    stack.add(id(value))
+    try:
+        for key, item in items:
+            path = f"{keypath}[{key}]" if isinstance(key, int) else (
+                f"{keypath}.{key}" if keypath else str(key))
+            if isinstance(item, float) and not math.isfinite(item):
+                return value, key, path, item
+            found = _non_finite(item, path, stack)
+            if found is not None:
+                return found
+    finally:
+        stack.discard(id(value))
+    return None
 
 
 def sample_shape(value: Any) -> Optional[Tuple[int, ...]]:
@@ -304,9 +404,12 @@ def _policy(index, raw, parent, components, err) -> PolicySpec:
 def _int(raw, key, keypath, err, minimum=0):
     value = raw[key]
     if not isinstance(value, int) or isinstance(value, bool):
-        raise err(f"must be an integer epoch; got {value!r}", raw, key, f"{keypath}.{key}")
+        raise err(f"must be an integer epoch; got {short(value)}", raw, key, f"{keypath}.{key}")
     if value < minimum:
         raise err(f"must be >= {minimum}; got {value}", raw, key, f"{keypath}.{key}")
+    if value > MAX_EPOCH:
+        raise err(f"must be <= {MAX_EPOCH} (the largest epoch a schedule may name); got {value}",
+                  raw, key, f"{keypath}.{key}")
     return value
 
 
@@ -319,12 +422,15 @@ def _schedule_keys(spec: PolicySpec, raw, keypath, err) -> None:
     if has_list:
         epochs = raw["epochs"]
         if not isinstance(epochs, list) or not epochs:
-            raise err(f"must be a non-empty list of epochs, e.g. [0, 2, 4]; got {epochs!r}",
+            raise err(f"must be a non-empty list of epochs, e.g. [0, 2, 4]; got {short(epochs)}",
                       raw, "epochs", f"{keypath}.epochs")
         for i, e in enumerate(epochs):
             if not isinstance(e, int) or isinstance(e, bool) or e < 0:
-                raise err(f"epochs must be integers >= 0; item {i} is {e!r}", epochs, i,
+                raise err(f"epochs must be integers >= 0; item {i} is {short(e)}", epochs, i,
                           f"{keypath}.epochs[{i}]")
+            if e > MAX_EPOCH:
+                raise err(f"epochs must be <= {MAX_EPOCH} (the largest epoch a schedule may "
+                          f"name); item {i} is {e}", epochs, i, f"{keypath}.epochs[{i}]")
         if sorted(set(epochs)) != list(epochs):
             raise err(f"epochs must be strictly increasing; got {list(epochs)}", raw, "epochs",
                       f"{keypath}.epochs")

@@ -117,3 +117,60 @@ def test_bad_schedules_give_one_located_message(what, text, expected):
 def test_missing_file_names_the_file(tmp_path):
     with pytest.raises(ScheduleError, match=r"nope\.yaml: schedule file not found"):
         config.load(tmp_path / "nope.yaml")
+
+
+def test_schedule_larger_than_the_bound_is_refused_before_parsing(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("policies: []\n" + "#" * config.MAX_FILE_BYTES + "\n")
+    with pytest.raises(ScheduleError, match=r"big\.yaml: the schedule is larger than 1000000 characters"):
+        config.load(path)
+
+
+def test_error_line_is_bounded_however_long_the_value():
+    text = "policies:\n  - pruner: {instance_name: p}\n    epochs: '" + "x" * 100_000 + "'\n"
+    with pytest.raises(ScheduleError) as info:
+        config.loads(text.replace("pruner: {instance_name: p}", "extension: {instance_name: e}")
+                     .replace("policies:", "extensions: {e: {class: FilterRemover}}\npolicies:"), "s.yaml")
+    message = str(info.value)
+    assert "\n" not in message and len(message) < config.MAX_MESSAGE + 100
+
+
+def test_non_finite_numbers_refused_in_a_dict_schedule_even_with_a_cycle():
+    sched = {"pruners": {"p": {"class": "AutomatedGradualPruner", "initial_sparsity": 0.05,
+                               "final_sparsity": float("inf"), "weights": ["w"]}},
+             "policies": [{"pruner": {"instance_name": "p"}, "epochs": [0]}]}
+    sched["pruners"]["p"]["self"] = sched      # a mapping built in Python may contain itself
+    with pytest.raises(ScheduleError, match=r"pruners\.p\.final_sparsity: must be a finite number; got inf"):
+        config.from_dict(sched)
+
+
+def test_alias_expansion_is_counted_not_the_text():
+    # 4 levels of 10 aliases: 10**4 leaves expanded from a few hundred bytes: under the bound
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 4)]
+    with pytest.raises(ScheduleError, match="unknown top-level key"):   # parsed, then validated
+        config.loads("\n".join(lines) + "\npolicies: []\n")
+    lines.append(f"a5: [{', '.join(['*a3'] * 10)}]")                    # 10**5 leaves: over it
+    with pytest.raises(ScheduleError, match="expands to more than 100000 nodes"):
+        config.loads("\n".join(lines) + "\npolicies: []\n")
+
+
+def test_merge_key_may_override_a_merged_key_but_a_key_twice_is_a_duplicate():
+    text = textwrap.dedent("""\
+        pruners:
+          base: &base {class: AutomatedGradualPruner, initial_sparsity: 0.05, final_sparsity: 0.5,
+                       weights: [conv1.weight]}
+          deeper:
+            <<: *base
+            final_sparsity: 0.8
+        policies:
+          - pruner: {instance_name: deeper}
+            epochs: [0]
+        """)
+    parsed = config.loads(text, "s.yaml")
+    deeper = parsed.components["pruners"]["deeper"]
+    assert deeper.args["final_sparsity"] == 0.8 and deeper.args["initial_sparsity"] == 0.05
+    assert config.line_of(deeper.raw, "final_sparsity") == 6     # the override's own line
+    twice = text.replace("final_sparsity: 0.8", "final_sparsity: 0.8\n    final_sparsity: 0.9")
+    with pytest.raises(ScheduleError, match=r"s\.yaml:7: .*duplicate key 'final_sparsity' \(first on line 6\)"):
+        config.loads(twice, "s.yaml")

@@ -52,3 +52,33 @@ def test_multi_step_multi_gamma_keeps_distillers_attribute_and_reads_old_states(
     t = MultiStepMultiGammaLR(opt(), milestones=[2, 4], gammas=[0.9, 0.9])
     t.load_state_dict(old)                        # a state saved under the former attribute name
     assert t.multiplicative_gammas == [1.0, 0.5, 0.05]
+
+
+def test_argument_rules_name_real_schedulers_and_parameters():
+    import inspect
+    from compressor.lr_schedulers import ARG_RULES
+    for name, rules in ARG_RULES.items():
+        params = inspect.signature(LR_SCHEDULERS.get(name).__init__).parameters
+        assert set(rules) <= set(params), (name, set(rules) - set(params))
+
+
+@pytest.mark.parametrize("cls, args, message", [
+    ("StepLR", {"step_size": 0}, r"step_size: must be an integer >= 1; got 0"),
+    ("StepLR", {"step_size": True}, r"step_size: must be an integer >= 1; got True"),
+    ("ExponentialLR", {"gamma": "1e3"}, r"gamma: '1e3' is text.*write 1\.0e3"),
+    ("ExponentialLR", {"gamma": 0}, r"gamma: must be > 0; got 0"),
+    ("OneCycleLR", {"max_lr": [0.1, float("nan")]}, r"max_lr\[1\]: must be a finite number; got nan"),
+    ("CyclicLR", {"base_lr": 0.1, "max_lr": float("-inf")}, r"max_lr: must be a finite number; got -inf"),
+])
+def test_check_args_refuses(cls, args, message):
+    from compressor.lr_schedulers import check_args
+    with pytest.raises(ComponentArgError, match=message):
+        check_args(cls, args)
+
+
+def test_check_args_accepts_ordinary_values():
+    from compressor.lr_schedulers import check_args
+    check_args("StepLR", {"step_size": 2, "gamma": 0.5})
+    check_args("MultiStepMultiGammaLR", {"milestones": [1, 3], "gammas": [0.5, 2]})
+    check_args("OneCycleLR", {"max_lr": [0.1, 0.2], "total_steps": 10, "pct_start": 0.25})
+    check_args("NotInTheTable", {"anything": float("nan")})   # left to the constructor
