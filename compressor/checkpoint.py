@@ -26,7 +26,8 @@ from .atomic import atomic_write
 from . import checkpoint_distiller as distiller_format
 from .checkpoint_digest import KEY as DIGEST_KEY, tensor_digest
 from .checkpoint_validate import check_fields, check_optimizer_fits
-from .errors import CheckpointError, CheckpointNotFoundError, OptimizerMismatchError
+from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
+                     OptimizerMismatchError)
 from .masks import unwrap
 from .scheduler import CompressionScheduler
 from .thinning.execute import replay
@@ -55,8 +56,25 @@ def save_checkpoint(path: str, model: nn.Module, optimizer=None, scheduler=None,
     """Write a checkpoint atomically to ``path``, with a digest of its tensors; returns the path."""
     ckpt = make_checkpoint(model, optimizer, scheduler, **info)
     ckpt[DIGEST_KEY] = tensor_digest(ckpt)   # optional on read: older and Distiller's files lack it
-    atomic_write(path, lambda f: torch.save(ckpt, f))
+    try:
+        atomic_write(path, lambda f: torch.save(ckpt, f))   # removes its temporary file on failure
+    except (OSError, RuntimeError) as e:
+        cause = _os_error_in(e)
+        if cause is None:
+            raise
+        raise CheckpointWriteError(path, cause) from None
     return path
+
+
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error``: torch's zip writer turns a failed write into a RuntimeError
+    ("unexpected pos ...") whose context is the OSError (ENOSPC, EDQUOT, EIO ...)."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 def read_checkpoint(path: str) -> Dict[str, Any]:

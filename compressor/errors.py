@@ -62,6 +62,22 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
         return f"{self.filename}: checkpoint file not found"
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint failed (disk full, no permission); the previous file is intact.
+
+    Also an ``OSError`` with the original ``errno``, so callers that handled the raw error still do.
+    """
+
+    def __init__(self, path: str, cause: OSError):
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(f"{path}: could not write the checkpoint ({reason}); the previous "
+                         f"checkpoint there, if any, is unchanged and no partial file was left")
+        self.errno, self.strerror, self.filename = cause.errno, reason, path
+
+    def __str__(self) -> str:   # OSError would print "[Errno 28] ..."; keep the one-line message
+        return self.args[0]
+
+
 class ThinningError(CompressorError, ValueError):
     """The network cannot be thinned as asked; nothing was changed."""
 

@@ -1,4 +1,6 @@
 """Checkpoints are written atomically, read safely, and restore exactly what was saved."""
+import errno
+import io
 import os
 import pickle
 
@@ -8,7 +10,7 @@ import torch
 import compressor
 from compressor.checkpoint import (atomic_write, load_checkpoint, read_checkpoint, restore,
                                    save_checkpoint)
-from compressor.errors import CheckpointError, OptimizerMismatchError
+from compressor.errors import CheckpointError, CheckpointWriteError, OptimizerMismatchError
 
 from checkpoint_damage import flip_exponent_bit_in_file
 from helpers import TinyNet, make_batches, train
@@ -324,3 +326,68 @@ def test_float_masks_of_zeros_and_ones_still_load(tmp_path):
     path = crafted(tmp_path, edit)
     _, sched, _, start = load_checkpoint(TinyNet(), path)
     assert start == 3 and set(sched.masks) == {"fc.weight", "conv2.weight"}
+
+
+def _disk_full(*_):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class _FullDisk(io.RawIOBase):
+    """A file that takes a few writes and then reports a full disk, as a real one does mid-save."""
+
+    def __init__(self, real):
+        self.real, self.writes = real, 0
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.writes += 1
+        if self.writes > 3:
+            _disk_full()
+        return self.real.write(b)
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    model, opt, sched = pruned_run()
+    path = save_checkpoint(str(tmp_path / "c.pth.tar"), model, opt, sched, epoch=1)
+    before = open(path, "rb").read()
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+    if where == "write":   # torch's zip writer wraps the OSError in a RuntimeError
+        real_save = torch.save
+        monkeypatch.setattr(torch, "save", lambda obj, f, **kw: real_save(obj, _FullDisk(f), **kw))
+    else:
+        monkeypatch.setattr(os, "fsync", _disk_full)
+    with pytest.raises(CheckpointWriteError, match=r"c\.pth\.tar: could not write the checkpoint "
+                                                   r"\(No space left on device\); the previous") as info:
+        save_checkpoint(path, model, opt, sched, epoch=2)
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value, OSError)
+    assert len(str(info.value).splitlines()) == 1
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["c.pth.tar"]   # the temporary file is gone
+    assert open(path, "rb").read() == before
+    assert read_checkpoint(path)["epoch"] == 1
+
+
+def test_other_runtime_errors_while_saving_are_not_disguised(tmp_path, monkeypatch):
+    def broken(*_, **__):
+        raise RuntimeError("a bug, not the disk")
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="a bug, not the disk"):
+        save_checkpoint(str(tmp_path / "c.pth.tar"), TinyNet())
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_app_reports_a_full_disk_at_a_checkpoint_in_one_line(tmp_path, monkeypatch, capsys):
+    from compressor_apps.compress_classifier import main
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, **kw: real_save(obj, _FullDisk(f), **kw))
+    code = main(["--arch", "simplenet_mnist", "--dataset", "digits", "--epochs", "1",
+                 "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert "could not write the checkpoint (No space left on device)" in err[0]
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".tmp-")]
