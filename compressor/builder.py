@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 import re
 from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -157,13 +158,44 @@ def construct(component: cfg.Component, path: Optional[str], params: Mapping[str
     except ComponentArgError as e:
         raise loc.error(e.key, e.reason) from None
     except (TypeError, ValueError) as e:
-        raise ScheduleError(f"{component.class_name}: {e}", path, component.line,
+        raise ScheduleError(cfg.bounded(f"{component.class_name}: {e}"), path, component.line,
                             component.key) from None
     return obj
 
 
+def _dry_run_lr_scheduler(component: cfg.Component, path, optimizer, steps: int) -> None:
+    """Build the scheduler on a stand-in optimizer (same class, same hyper-parameters, one tiny
+    parameter per group) and step it as its policy will, so an argument torch checks only when
+    stepping, or a learning rate that overflows to inf/NaN, is refused now rather than after an
+    epoch of training. Skipped when no stand-in can be made (an optimizer with unusual arguments)."""
+    if component.class_name == "ReduceLROnPlateau":
+        return   # steps on a metric; its arguments are checked by config's table
+    try:
+        groups = [{k: v for k, v in g.items() if k not in ("params", "initial_lr")}
+                  for g in optimizer.param_groups]
+        for g in groups:
+            g["params"] = [torch.zeros(1, requires_grad=True)]
+        stand_in = type(optimizer)(groups)
+    except Exception:   # a custom optimizer we cannot imitate: the real build still checks
+        return
+    sched = construct(component, path, {}, {"optimizer": stand_in})
+    for step in range(1, steps + 1):
+        try:
+            stand_in.step()
+            sched.step()
+        except (ValueError, TypeError, ArithmeticError) as e:
+            raise ScheduleError(cfg.bounded(f"{component.class_name} fails at step {step} of "
+                                            f"{steps}: {e}"), path, component.line,
+                                component.key) from None
+        bad = [g["lr"] for g in stand_in.param_groups if not math.isfinite(float(g["lr"]))]
+        if bad:
+            raise ScheduleError(f"{component.class_name} makes the learning rate {bad[0]} at step "
+                                f"{step} of {steps}; check its arguments", path, component.line,
+                                component.key)
+
+
 def _build_lr_scheduler(component: cfg.Component, path, params, optimizer, resumed_epoch,
-                        n_steps_done: int):
+                        n_steps_done: int, n_steps_total: int = 0):
     """Build an LR scheduler without moving the learning rate of a resumed run.
 
     PyTorch schedulers take a step when constructed. For a fresh run that is the intended start;
@@ -177,6 +209,7 @@ def _build_lr_scheduler(component: cfg.Component, path, params, optimizer, resum
     if resumed_epoch is not None:
         for g in optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
+    _dry_run_lr_scheduler(component, path, optimizer, n_steps_total)
     sched = construct(component, path, params, {"optimizer": optimizer})
     if resumed_epoch is not None:
         resume_position(sched, n_steps_done, before)
@@ -332,7 +365,8 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
         for spec in lr_specs:
             component = schedule.components["lr_schedulers"][spec.instance_name]
             done = 0 if resumed_epoch is None else sum(1 for e in spec.firing_epochs() if e <= resumed_epoch)
-            sched = _build_lr_scheduler(component, path, params, optimizer, resumed_epoch, done)
+            sched = _build_lr_scheduler(component, path, params, optimizer, resumed_epoch, done,
+                                        len(spec.firing_epochs()))
             plan.append((LRPolicy(sched, spec.instance_name), spec))
     except BaseException:
         for group, saved in zip(optimizer.param_groups if optimizer is not None else [], saved_groups):
