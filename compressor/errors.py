@@ -78,6 +78,10 @@ class CheckpointWriteError(CheckpointError, OSError):
         return self.args[0]
 
 
+class NonFiniteLossError(CompressorError, FloatingPointError):
+    """The training loss became NaN or infinite; training stops before stepping on it."""
+
+
 class ThinningError(CompressorError, ValueError):
     """The network cannot be thinned as asked; nothing was changed."""
 

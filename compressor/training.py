@@ -5,12 +5,15 @@ back as plain objects.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .errors import NonFiniteLossError
 
 
 @dataclass
@@ -56,12 +59,15 @@ ProgressFn = Callable[[int, int, Dict[str, float]], None]
 def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch: int,
                 scheduler=None, device: torch.device = torch.device("cpu"),
                 progress: Optional[ProgressFn] = None, print_freq: int = 0,
-                stop: Optional[Callable[[], bool]] = None, skip: int = 0) -> EpochStats:
+                stop: Optional[Callable[[], bool]] = None, skip: int = 0,
+                stop_on_nonfinite: bool = True) -> EpochStats:
     """One training epoch. ``scheduler`` (a CompressionScheduler) gets every per-minibatch event.
 
     ``stop`` is polled after each step; when it returns True the epoch ends early (e.g. on SIGTERM)
     and ``EpochStats.next_minibatch`` says where to continue. ``skip`` resumes such an epoch: the
     first ``skip`` batches are drawn (so random augmentation stays in step) but not trained on.
+    With ``stop_on_nonfinite`` a NaN or infinite loss raises ``NonFiniteLossError`` (naming the
+    epoch and minibatch) before it is back-propagated, so no step is taken on it.
     """
     model.train()
     steps = len(loader)
@@ -77,6 +83,11 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch:
             scheduler.on_minibatch_begin(epoch, i, steps, optimizer)
         output = model(inputs)
         loss = criterion(output, target)
+        loss_value = float(loss.detach())   # the one host read of the loss per step
+        if stop_on_nonfinite and not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"the training loss is {loss_value} at epoch {epoch}, minibatch "
+                                     f"{i}; stopped before stepping on it (lower the learning rate "
+                                     f"or check the schedule's regularizers)")
         overall = loss
         if scheduler is not None:
             out = scheduler.before_backward_pass(epoch, i, steps, loss, optimizer,
@@ -94,7 +105,7 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch:
 
         n = target.size(0)
         c1, c5 = correct_topk(output.detach(), target)
-        meters["loss"].add(float(loss.detach()), n)
+        meters["loss"].add(loss_value, n)
         meters["overall"].add(float(overall.detach()), n)
         meters["top1"].add(100.0 * c1 / n, n)
         meters["top5"].add(100.0 * c5 / n, n)

@@ -20,7 +20,6 @@ from compressor.distributed import broadcast_masks, reduce_mean, reduce_sum_tens
 from compressor.training import EpochStats, evaluate, train_epoch
 from .best import BestScores
 from .common import table, weight_stats
-from .finite_loss import FiniteLoss
 from .progress import Progress, use_bar
 from .run_config import RunConfig
 
@@ -146,8 +145,8 @@ class Loop:
         if acts is not None:
             acts.__enter__()
         try:
-            criterion = FiniteLoss(self.criterion, epoch, skip)   # a NaN/inf loss stops the run
-            stats = train_epoch(self.train_model, self.train_loader, criterion, self.optimizer,
+            # a NaN/inf loss raises NonFiniteLossError: one line, exit 2, no checkpoint of it
+            stats = train_epoch(self.train_model, self.train_loader, self.criterion, self.optimizer,
                                 epoch, self.scheduler, self.device,
                                 progress=Progress(f"Epoch: [{epoch}]", bar) if self.run_dir else None,
                                 print_freq=self.config.print_freq, stop=stop, skip=skip)

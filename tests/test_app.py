@@ -260,9 +260,16 @@ def test_an_epoch_with_non_finite_validation_metrics_is_never_the_best():
     assert old.best(1)[0]["epoch"] == 0     # histories from older checkpoints have no "finite" key
 
 
-def test_finite_loss_counts_minibatches_from_the_resumed_one():
-    from compressor_apps.finite_loss import FiniteLoss, NonFiniteLossError
-    crit = FiniteLoss(lambda out, tgt: out.sum(), epoch=3, skip=5)
-    assert crit(torch.ones(2), None).item() == 2.0
+def test_a_non_finite_loss_names_the_minibatch_of_a_resumed_epoch_and_is_not_stepped_on():
+    from compressor.errors import NonFiniteLossError
+    from compressor.training import train_epoch
+    model = torch.nn.Linear(2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = [(torch.ones(1, 2), torch.zeros(1)) for _ in range(8)]
+    # resumed at minibatch 6: its loss is infinite, but its gradient is finite, so a step on it
+    # would move the weights
+    crit = lambda out, tgt: out.sum() + float("inf")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     with pytest.raises(NonFiniteLossError, match=r"loss is inf at epoch 3, minibatch 6;"):
-        crit(torch.tensor([float("inf")]), None)
+        train_epoch(model, batches, crit, optimizer, epoch=3, skip=6)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
