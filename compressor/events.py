@@ -146,7 +146,9 @@ def _is_legacy(method: Callable) -> bool:
 
 def _adapt(method: Callable, old_args: Callable[[StepContext], Tuple]) -> Callable:
     """``method`` callable with a StepContext (the scheduler) and with its own arguments (a
-    caller of the former API, e.g. a subclass's ``super()`` call)."""
+    caller of the former API, e.g. a former-style subclass's ``super()`` call). A former-style
+    ``super()`` call into a built-in policy's ``(self, ctx)`` method is not adapted (it would put a
+    wrapper on every built-in event); docs/own-training-loop.md says so."""
     def adapted(self, *args, **kwargs):
         if len(args) == 1 and not kwargs and isinstance(args[0], StepContext):
             return method(self, *old_args(args[0]))
