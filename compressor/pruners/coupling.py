@@ -61,25 +61,24 @@ def _coupling(model: nn.Module):
     return found
 
 
-def coupled_filter_groups(model: nn.Module) -> Optional[List[List[str]]]:
-    """The thinning module's coupled filter groups, or None when it does not provide them.
+def coupled_filter_groups(model: nn.Module) -> List[List[str]]:
+    """The graph's coupled filter groups.
 
     Shapes are followed from the model's example input (``compressor.example_input``: the
     schedule's ``input_shape`` or the first batch seen), else from the usual image sizes.
     """
-    found = _coupling(model)
-    return None if found is None else [list(g) for g in found[0]]
+    return _copied(_coupling(model))[0]
 
 
 def coupled_filter_classes(model: nn.Module) -> List[Dict[str, List[int]]]:
-    """Filters coupled in part (``thinning.coupled_filter_classes``); [] without thinning."""
-    found = _coupling(model)
-    return [] if found is None else [{k: list(v) for k, v in c.items()} for c in found[1]]
+    """Filters coupled in part (``graph.coupled_filter_classes``)."""
+    return _copied(_coupling(model))[1]
 
 
-def _lacks_input(error: Exception) -> bool:
-    """Whether coupling failed only for want of an example input (the graph itself traced)."""
-    return isinstance(error, NoExampleInputError)
+def _copied(found) -> tuple:
+    """Copies of the cached (groups, classes), so callers cannot edit the cache."""
+    groups, classes = found
+    return [list(g) for g in groups], [{k: list(v) for k, v in c.items()} for c in classes]
 
 
 def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters: bool,
@@ -100,10 +99,9 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
     groups, classes = None, []
     if couple_filters and dependency is None and model is not None:
         try:
-            groups = coupled_filter_groups(model)
-            classes = coupled_filter_classes(model)
+            groups, classes = _copied(_coupling(model))   # one graph lookup for both
         except CompressorError as e:
-            if defer and _lacks_input(e):
+            if defer and isinstance(e, NoExampleInputError):   # the graph traced; no input yet
                 return None
             warnings.warn(f"filter coupling not found, listed weights are pruned independently: {e}",
                           stacklevel=3)
