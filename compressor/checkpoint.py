@@ -27,10 +27,11 @@ from . import checkpoint_distiller as distiller_format
 from .checkpoint_digest import KEY as DIGEST_KEY, tensor_digest
 from .checkpoint_validate import check_fields, check_optimizer_fits
 from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
-                     OptimizerMismatchError)
+                     OptimizerMismatchError, ThinningError)
 from .masks import unwrap
 from .scheduler import CompressionScheduler
-from .thinning.execute import replay
+from .thinning.execute import replay, shape_after
+from .thinning.recipe import Recipe, as_recipe
 from .thinning.record import recipes_of, set_recipes
 
 FORMAT = "compressor-checkpoint"
@@ -145,14 +146,7 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str
     target.load_state_dict(state, strict=strict)
 
 
-def _shape_after(shape: List[int], ops) -> List[int]:
-    shape = list(shape)
-    for o in ops:
-        shape[o["dim"]] = len(o["index"][0]) if "groups" in o else len(o["index"])
-    return shape
-
-
-def _applied_prefix(model: nn.Module, recipes: List[Mapping]) -> int:
+def _applied_prefix(model: nn.Module, recipes: List[Recipe]) -> int:
     """How many leading recipes ``model`` already went through, judged by its current shapes.
 
     After k recipes every tensor they touch has the shape those recipes leave, and every tensor
@@ -161,20 +155,20 @@ def _applied_prefix(model: nn.Module, recipes: List[Mapping]) -> int:
     """
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
-    try:
-        for k in range(len(recipes), 0, -1):
-            expected: Dict[str, List[int]] = {}
+    for k in range(len(recipes), 0, -1):
+        expected: Dict[str, List[int]] = {}
+        try:
             for r in recipes[:k]:
-                for name, e in r["tensors"].items():
-                    expected[name] = _shape_after(expected.get(name, e["shape"]), e["ops"])
-            for r in recipes[k:]:
-                for name, e in r["tensors"].items():
-                    expected.setdefault(name, list(e["shape"]))
-            if all(name in tensors and list(tensors[name].shape) == shape
-                   for name, shape in expected.items()):
-                return k
-    except (KeyError, TypeError, IndexError, AttributeError):
-        return 0   # malformed: replay reports it
+                for name, change in r.tensors.items():
+                    expected[name] = shape_after(expected.get(name, change.shape), change.ops, name)
+        except ThinningError:
+            continue   # these recipes do not compose: not this prefix
+        for r in recipes[k:]:
+            for name, change in r.tensors.items():
+                expected.setdefault(name, list(change.shape))
+        if all(name in tensors and list(tensors[name].shape) == shape
+               for name, shape in expected.items()):
+            return k
     return 0
 
 
@@ -187,6 +181,8 @@ def _replay_new(model: nn.Module, recipes: List[Any], path: str) -> None:
         # directives already applied are dropped while mapping; the model keeps its own record
         recipes, done = list(distiller_format.to_recipes(target, recipes, path)), 0
     else:
+        recipes = [as_recipe(r, f"{path}: thinning recipe {i + 1} of {len(recipes)}")
+                   for i, r in enumerate(recipes)]   # malformed data is refused here, unchanged
         done = _applied_prefix(target, recipes)
         if done:   # the model went through these: its record is the checkpoint's
             set_recipes(target, recipes[:done])

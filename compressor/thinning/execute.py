@@ -37,7 +37,8 @@ def _resolve(model: nn.Module, name: str) -> Tuple[nn.Module, str, str]:
                         f"has no parameter or buffer '{attr}'")
 
 
-def _shape_after(shape: List[int], ops: Sequence[SliceOp], name: str) -> List[int]:
+def shape_after(shape: List[int], ops: Sequence[SliceOp], name: str) -> List[int]:
+    """The shape ``ops`` leave; a ``ThinningError`` when they do not fit ``shape``."""
     shape = list(shape)
     for o in ops:
         d, idx = o.dim, o.index
@@ -89,7 +90,7 @@ def _check_recipe(model: nn.Module, recipe: Recipe, shapes: Dict[str, List[int]]
             raise ThinningError(f"{where}: '{name}' has shape {current}, the recipe expects "
                                 f"{list(entry.shape)} (a different architecture, or "
                                 f"a model that was already thinned?)")
-        shapes[name] = _shape_after(current, entry.ops, name)
+        shapes[name] = shape_after(current, entry.ops, name)
     for mname, change in recipe.modules.items():
         try:
             mod = model.get_submodule(mname) if mname else model
