@@ -67,8 +67,11 @@ def test_create_model_cifar():
 
 def test_create_model_imagenet():
     """Mirrors test_infra.py::test_create_model_imagenet without the pretrained download."""
-    assert create_model("alexnet", dataset="imagenet") is not None
-    assert create_model("resnet50", dataset="imagenet") is not None
+    x = torch.randn(1, 3, 224, 224)
+    for arch in ("alexnet", "resnet50"):
+        model = create_model(arch, dataset="imagenet").eval()
+        with torch.no_grad():
+            assert model(x).shape == (1, 1000), arch
     with pytest.raises(ValueError, match=r"unknown architecture 'no_such_model!'"):
         create_model("no_such_model!", dataset="imagenet")
 

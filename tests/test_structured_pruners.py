@@ -419,7 +419,6 @@ def test_coupling_only_applies_to_filters(monkeypatch):
 
 
 def test_real_coupling_on_resnet20_prunes_every_conv_feeding_the_sum():
-    pytest.importorskip("compressor.thinning")
     from compressor.thinning import coupled_filter_groups  # noqa: F401  (the real one)
     torch.manual_seed(0)
     model = create_model("resnet20_cifar")
@@ -463,9 +462,7 @@ def test_filter_masks_zero_bias_and_batch_norm_so_the_channel_is_exactly_zero(ti
 
 
 def test_masked_resnet20_computes_what_the_thinned_one_does(float64):
-    thinning = pytest.importorskip("compressor.thinning")
-    if not hasattr(thinning, "remove_filters"):
-        pytest.skip("compressor.thinning.remove_filters is not there yet")
+    from compressor import thinning
     torch.manual_seed(0)
     model = create_model("resnet20_cifar")
     with torch.no_grad():
