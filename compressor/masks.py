@@ -27,9 +27,16 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+_WRAPPER_SEGMENTS = frozenset(("module", "_orig_mod"))
+
+
 def normalize_name(name: str) -> str:
-    """A parameter name without the ``module.`` segments DataParallel/DDP wrappers add."""
-    return ".".join(part for part in name.split(".") if part != "module") if "module" in name else name
+    """A parameter name without the segments wrappers add: DataParallel/DDP's ``module.`` and
+    ``torch.compile``'s ``_orig_mod.`` (a compiled submodule's parameters carry it), so masks saved
+    from a wrapped model load into a plain one and back."""
+    if "module" not in name and "_orig_mod" not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS)
 
 
 class MaskStore:
