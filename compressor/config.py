@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -25,6 +26,8 @@ TOP_LEVEL_KEYS = ("version", "input_shape", "pruners", "regularizers", "lr_sched
 SCHEDULING_KEYS = ("epochs", "starting_epoch", "ending_epoch", "frequency")
 PRUNING_POLICY_ARGS = OPTION_TYPES   # every PolicyOptions field
 REGULARIZATION_POLICY_ARGS = {"keep_mask": bool}
+# arguments that hold weight names or patterns (lists, or dicts keyed by them); as the builder's
+NAME_ARGS = ("weights", "thresholds", "sensitivities", "levels", "reg_regims")
 EXAMPLE_CLASS = {"pruners": "AutomatedGradualPruner", "regularizers": "L1Regularizer",
                  "lr_schedulers": "StepLR", "extensions": "FilterRemover"}
 
@@ -108,6 +111,11 @@ class _LocatingLoader(yaml.SafeLoader):
         out.line, out.key_lines = node.start_mark.line + 1, {}
         merged = set()
         for key_node, value_node in node.value:
+            if isinstance(key_node, (yaml.SequenceNode, yaml.MappingNode)):   # unhashable in Python
+                what = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a {what} cannot be a mapping key (a key is a name or a number; "
+                    f"'? [a, b]' and '? {{a: 1}}' are not)", key_node.start_mark)
             key = self.construct_object(key_node, deep=True)
             if id(key_node) not in own:
                 merged.add(key)
@@ -278,6 +286,9 @@ def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
             if not isinstance(class_name, str) or class_name not in registry:
                 raise err(registry.unknown_message(class_name), spec, "class", f"{keypath}.class")
             args = {k: v for k, v in spec.items() if k != "class"}
+            for arg in NAME_ARGS:
+                if arg in spec:
+                    _check_patterns(spec[arg], spec, arg, f"{keypath}.{arg}", err)
             if section == "lr_schedulers":
                 try:
                     check_lr_args(class_name, args)
@@ -340,6 +351,27 @@ def _non_finite(value: Any, keypath: str, stack: set):
     return None
 
 
+def _check_patterns(value: Any, container: Any, key: Any, keypath: str, err) -> None:
+    """Compile every ``re:`` weight-name pattern in a name list or a dict keyed by names, so a bad
+    regular expression is a located error here rather than a ``re.error`` in the builder."""
+    if isinstance(value, str):
+        items: List[Tuple[Any, Any, Any, str]] = [(value, container, key, keypath)]
+    elif isinstance(value, list):
+        items = [(v, value, i, f"{keypath}[{i}]") for i, v in enumerate(value)]
+    elif isinstance(value, Mapping):
+        items = [(k, value, k, f"{keypath}.{k}") for k in value]
+    else:
+        return   # the builder and PolicyOptions report the wrong type itself
+    for pattern, where, at, path in items:
+        if isinstance(pattern, str) and pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as e:
+                raise err(f"invalid regular expression {short(pattern)}: {e}; a 're:' pattern is "
+                          f"a Python regex matched against whole weight names, e.g. "
+                          f"'re:features\\.\\d+\\.weight'", where, at, path) from None
+
+
 def sample_shape(value: Any) -> Optional[Tuple[int, ...]]:
     """``value`` as a sample shape (a non-empty list of positive integers), or None if it is not one."""
     ok = isinstance(value, (list, tuple)) and len(value) >= 1 and all(
@@ -392,6 +424,8 @@ def _policy(index, raw, parent, components, err) -> PolicySpec:
                 raise err(f"unknown {kind} policy arg{suggest(key, allowed)}; valid: {valid}",
                           args, key, f"{keypath}.{kind}.args.{key}")
             check_option(key, value)   # the type and range PolicyOptions declares
+            if key in NAME_ARGS:
+                _check_patterns(value, args, key, f"{keypath}.{kind}.args.{key}", err)
         options = PolicyOptions.from_args(args) if allowed else DEFAULT_OPTIONS
     except ComponentArgError as e:
         raise err(e.reason, args, e.key, f"{keypath}.{kind}.args.{e.key}") from None

@@ -174,3 +174,33 @@ def test_merge_key_may_override_a_merged_key_but_a_key_twice_is_a_duplicate():
     twice = text.replace("final_sparsity: 0.8", "final_sparsity: 0.8\n    final_sparsity: 0.9")
     with pytest.raises(ScheduleError, match=r"s\.yaml:7: .*duplicate key 'final_sparsity' \(first on line 6\)"):
         config.loads(twice, "s.yaml")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("pruners:\n  p: {class: AutomatedGradualPruner, initial_sparsity: 0.1, final_sparsity: 0.5,\n"
+     "      weights: [fc1.weight, 're:fc(']}\npolicies: []\n",
+     r"s\.yaml:3 pruners\.p\.weights\[1\]: invalid regular expression 're:fc\(': missing \)"),
+    ("pruners:\n  p: {class: LevelPruner, levels: {'re:[': 0.5}}\npolicies: []\n",
+     r"s\.yaml:2 pruners\.p\.levels\.re:\[: invalid regular expression 're:\[': unterminated"),
+    ("pruners:\n  p: {class: AutomatedGradualPruner, initial_sparsity: 0.1, final_sparsity: 0.5,\n"
+     "      weights: [fc1.weight]}\npolicies:\n  - pruner:\n      instance_name: p\n"
+     "      args: {levels: {'re:+x': 0.5}}\n    epochs: [0]\n",
+     r"s\.yaml:7 policies\[0\]\.pruner\.args\.levels\.re:\+x: invalid regular expression"),
+])
+def test_an_invalid_regex_is_a_located_error_at_load(text, expected):
+    with pytest.raises(ScheduleError) as info:
+        config.loads(text, "s.yaml")
+    assert "\n" not in str(info.value)
+    assert re.search(expected, str(info.value)), str(info.value)
+
+
+def test_valid_regexes_still_load():
+    text = ("pruners:\n  p: {class: LevelPruner, levels: {'re:fc\\d\\.weight': 0.5}}\n"
+            "policies:\n  - pruner: {instance_name: p}\n    epochs: [0]\n")
+    assert config.loads(text, "s.yaml").components["pruners"]["p"].args["levels"] == {r"re:fc\d\.weight": 0.5}
+
+
+@pytest.mark.parametrize("key,what", [("[a, b]", "list"), ("{a: 1}", "mapping")])
+def test_a_collection_as_a_mapping_key_is_a_located_error(key, what):
+    with pytest.raises(ScheduleError, match=rf"s\.yaml:3: .*a {what} cannot be a mapping key"):
+        config.loads(f"policies: []\npruners:\n  ? {key}\n  : 1\n", "s.yaml")
