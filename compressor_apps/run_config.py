@@ -18,6 +18,7 @@ from typing import List, Optional, Tuple
 from compressor import models
 from compressor.data.catalog import dataset_spec
 from compressor.errors import CompressorError
+from compressor.sensitivity.checks import MAX_LEVELS, level_count
 
 
 class UsageError(CompressorError):
@@ -157,6 +158,10 @@ class RunConfig:
         need(step > 0 and 0 <= start < stop <= 1,
              f"--sense-range START STOP STEP needs 0 <= START < STOP <= 1 and STEP > 0; got "
              f"{' '.join(f'{x:g}' for x in self.sense_range)}")
+        levels = level_count(start, stop, step)
+        need(levels <= MAX_LEVELS,
+             f"--sense-range {start:g} {stop:g} {step:g} asks for {levels:,} sparsity levels; at "
+             f"most {MAX_LEVELS} (use a larger STEP, e.g. 0.05 for 20 levels)")
         need(math.isfinite(self.sense_max_drop) and self.sense_max_drop >= 0,
              f"--sense-max-drop must be a finite number of top-1 points >= 0; got {self.sense_max_drop}")
         # --thinnify runs instead of training and would drop --evaluate without a word

@@ -368,3 +368,10 @@ def test_errors(net, call, message):
         call(net)
     assert isinstance(info.value, CompressorError) and "\n" not in str(info.value)
     assert same_bits(bits(net), want)
+
+
+def test_a_range_of_more_than_the_bounded_levels_is_refused_before_listing_them():
+    from compressor.sensitivity.checks import MAX_LEVELS
+    assert len(sensitivity_range(0.0, 1.0, 0.001)) == MAX_LEVELS == 1000
+    with pytest.raises(SensitivityError, match=r"0 to 1 in steps of 1e-09 is 1,000,000,000 levels; at most 1000"):
+        sensitivity_range(0.0, 1.0, 1e-9)

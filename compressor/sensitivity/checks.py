@@ -62,6 +62,15 @@ def check_sparsities(sparsities) -> List[float]:
     return levels
 
 
+#: The most levels a sensitivity range may ask for: each level is one evaluation per layer.
+MAX_LEVELS = 1000
+
+
+def level_count(start: float, stop: float, step: float) -> int:
+    """How many levels ``start, start+step, ...`` below ``stop`` holds (without listing them)."""
+    return int(math.ceil(round((stop - start) / step, 9)))
+
+
 def sensitivity_range(start: float = 0.0, stop: float = 0.95, step: float = 0.05) -> List[float]:
     """Levels ``start, start+step, ...`` below ``stop``, as ``np.arange`` (Distiller's ``--sense-range``).
 
@@ -76,7 +85,10 @@ def sensitivity_range(start: float = 0.0, stop: float = 0.95, step: float = 0.05
         raise SensitivityError(f"sensitivity range: start must be in [0, 1); got {start}")
     if stop <= start:
         raise SensitivityError(f"sensitivity range: stop ({stop}) must be greater than start ({start})")
-    n = int(math.ceil(round((stop - start) / step, 9)))
+    n = level_count(start, stop, step)
+    if n > MAX_LEVELS:   # refused before allocating: each level is a full evaluation per layer
+        raise SensitivityError(f"sensitivity range: {start:g} to {stop:g} in steps of {step:g} is "
+                               f"{n:,} levels; at most {MAX_LEVELS} (use a larger step)")
     levels = [round(start + i * step, DECIMALS) for i in range(n)]
     return [s for s in levels if s < 1.0]
 
