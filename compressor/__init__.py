@@ -2,13 +2,15 @@
 
 The porting contract with Distiller: ``file_config``, ``dict_config``, ``CompressionScheduler``,
 ``weights_sparsity_summary``, ``sparsity`` and ``density`` behave as Distiller's did.
-Importing the package registers every built-in pruner, regularizer and LR scheduler; it has no
-other side effects.
+Importing the package registers every built-in pruner, regularizer, LR scheduler and extension
+(thinning, knowledge distillation); it has no other side effects.
 """
 from . import lr_schedulers as _lr_schedulers  # noqa: F401  (registers LR schedulers)
 from . import pruners as _pruners  # noqa: F401  (registers pruners)
 from . import regularizers as _regularizers  # noqa: F401  (registers regularizers)
 from . import thinning as _thinning  # noqa: F401  (registers the thinning extensions)
+from . import distillation as _distillation  # noqa: F401  (registers the KD extension)
+from .distillation import DistillationLossWeights, KnowledgeDistillationPolicy
 from .builder import dict_config, file_config, match_names
 from .config import load as load_schedule
 from .errors import CheckpointError, CompressorError, ScheduleError, ThinningError
@@ -30,5 +32,5 @@ __all__ = [
     "density", "sparsity", "LossComponent", "LRPolicy", "PolicyLoss", "PruningPolicy",
     "RegularizationPolicy", "ScheduledTrainingPolicy", "EXTENSIONS", "LR_SCHEDULERS", "PRUNERS",
     "REGULARIZERS", "CompressionScheduler", "weights_sparsity_summary",
-    "StepContext", "PolicyOptions",
+    "StepContext", "PolicyOptions", "KnowledgeDistillationPolicy", "DistillationLossWeights",
 ]
