@@ -33,10 +33,11 @@ from torch import nn
 
 from ..errors import ThinningError
 from ..masks import unwrap
+from .blocks import analyze_blocks, is_hf_model
 from .example_input import example_input_of
-from .function_rules import FUNCTION_RULES, METHOD_RULES, Call
+from .function_rules import FUNCTION_RULES, METHOD_RULES, NAMED_FUNCTION_RULES, Call
 from .module_rules import rule_for
-from .nodes import node_shape, nodes_in, target_name, where
+from .nodes import node_shape, nodes_in, qualified_name, target_name, where
 from .optables import SHAPE_QUERIES
 from .records import ChannelGraph, ChannelInfo, Producer
 from .shapes import ExampleInput, propagate_shapes
@@ -207,7 +208,8 @@ class Analyzer:
         is_method = node.op == "call_method"
         if t is getattr or (is_method and t in SHAPE_QUERIES):
             return None
-        rule = METHOD_RULES.get(t) if is_method else FUNCTION_RULES.get(t)
+        rule = METHOD_RULES.get(t) if is_method else (
+            FUNCTION_RULES.get(t) or NAMED_FUNCTION_RULES.get(qualified_name(t)))
         if rule is None:
             return self.fallback(node, target_name(t))
         x = node.args[0] if node.args else None
@@ -235,6 +237,8 @@ def analyze_graph(model: nn.Module, example_input: ExampleInput = None) -> Chann
     if example_input is None:
         example_input = example_input_of(model)
     model = unwrap(model)
+    if is_hf_model(model):   # torch.fx cannot trace them whole: block by block (see blocks.py)
+        return analyze_blocks(model, example_input)
     gm = trace_for_thinning(model)
     shape = propagate_shapes(model, gm, example_input)
     return Analyzer(model, gm, shape).run()

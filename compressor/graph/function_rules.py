@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .channel_ops import pad, reshape, softmax, spatial
 from .nodes import node_shape, target_name, where
 from .optables import (ARITH, CAT, F_DIRTY, F_POOL, F_ZERO, M_ARITH, M_DIRTY, M_REDUCE, M_ZERO,
-                       REDUCE)
+                       NAMED_ZERO, REDUCE)
 from .records import ChannelInfo
 
 if TYPE_CHECKING:
@@ -345,6 +345,11 @@ FUNCTION_RULES: Dict[Any, FunctionRule] = {
     torch.flatten: _RESHAPE, torch.reshape: _RESHAPE,
     **{t: _MOVE for t in (torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze)},
     **{t: _REDUCE_RULE for t in REDUCE},
+}
+
+# Functions of optional packages, by ``nodes.qualified_name`` (looked up after FUNCTION_RULES).
+NAMED_FUNCTION_RULES: Dict[str, FunctionRule] = {
+    **{n: keeps_zero for n in NAMED_ZERO},
 }
 
 METHOD_RULES: Dict[str, FunctionRule] = {

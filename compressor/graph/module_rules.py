@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional
 from torch import nn
 
 from .channel_ops import pad, reshape, softmax, spatial
-from .optables import ACT_DIRTY, ACT_ZERO, PADS, POOLS
+from .nodes import qualified_name
+from .optables import ACT_DIRTY, ACT_ZERO, NAMED_ZERO, PADS, POOLS
 from .records import ChannelInfo, Consumer, Follower, Producer
 from .trace import selects_channels
 
@@ -266,10 +267,17 @@ MODULE_RULES: Dict[type, ModuleRule] = {
 }
 
 
+# Modules of optional packages (torchvision's StochasticDepth kept as a leaf), by qualified name.
+NAMED_MODULE_RULES: Dict[str, ModuleRule] = {
+    **{n: keeps_zero for n in NAMED_ZERO},
+}
+
+
 def rule_for(mod: nn.Module) -> Optional[ModuleRule]:
-    """The rule of the nearest class in ``type(mod)``'s MRO that the table lists, or None."""
+    """The rule of the nearest class in ``type(mod)``'s MRO that a table lists (by class, or by
+    qualified name for optional packages), or None."""
     for cls in type(mod).__mro__:
-        rule = MODULE_RULES.get(cls)
+        rule = MODULE_RULES.get(cls) or NAMED_MODULE_RULES.get(qualified_name(cls))
         if rule is not None:
             return rule
     return None

@@ -46,3 +46,11 @@ def target_name(target: Any) -> str:
     if mod.startswith("torch.nn.functional"):
         return f"F.{name}"
     return f"torch.{name}" if mod.startswith("torch") or mod == "" else f"{mod}.{name}"
+
+
+def qualified_name(target: Any) -> str:
+    """``module.name`` of a function or class (``torchvision.ops.stochastic_depth.stochastic_depth``),
+    the key of the tables of ops from optional packages; '' for anything else."""
+    mod = getattr(target, "__module__", None)
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    return f"{mod}.{name}" if isinstance(mod, str) and isinstance(name, str) else ""

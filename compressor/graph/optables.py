@@ -52,3 +52,11 @@ CAT = {torch.cat, torch.concat, torch.concatenate}
 REDUCE = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin"}
 M_REDUCE = {"mean", "sum", "amax", "amin"}
 SHAPE_QUERIES = {"size", "dim", "numel", "ndimension", "nelement", "get_device"}
+
+# Ops of optional packages, by qualified name (``nodes.qualified_name``) so the graph package need
+# not import them. torchvision's stochastic depth multiplies each sample (mode "row") or the whole
+# batch ("batch") by 0 or 1/(1-p) in training and is the identity in eval: a zero channel stays
+# zero, and no channel meets another. torchvision wraps the function for torch.fx (a leaf call);
+# the module traces into it, unless a tracer keeps it as a leaf.
+NAMED_ZERO = {"torchvision.ops.stochastic_depth.stochastic_depth",
+              "torchvision.ops.stochastic_depth.StochasticDepth"}
