@@ -27,6 +27,7 @@ from .best import BestScores
 from .common import (choose_seed, make_optimizer, make_run_dir, pick_device, seed_everything,
                      setup_logging)
 from .epochs import Loop
+from .kd import KDConfig, add_distillation_policy, build_distillation_policy
 from .modes import export_onnx, reinitialize, run_summaries, scratch_epochs, sensitivity, thinnify
 from .parser import build_parser
 from .run_config import RunConfig, UsageError
@@ -44,7 +45,7 @@ def shared_seed(config: RunConfig, distributed: bool) -> int:
     return seed
 
 
-def run(config: RunConfig) -> int:
+def run(config: RunConfig, kd: Optional[KDConfig] = None) -> int:
     """Run the mode ``config`` asks for (or train); returns the exit code."""
     env = init_from_env(config.cpu)
     distributed = env is not None
@@ -114,6 +115,9 @@ def run(config: RunConfig) -> int:
         thinnify(config, model, optimizer, scheduler, resumed, source, run_dir, model_dataset)
         return 0
 
+    kd_policy = None   # the teacher is loaded and checked before anything is written
+    if kd is not None and kd.enabled and not config.evaluate and not config.sense:
+        kd_policy = build_distillation_policy(kd, model, model_dataset, device)
     world = env.world_size if distributed else 1
     train_loader, valid_loader, test_loader = load_data(
         dataset, config.data, config.batch_size // world, workers=config.workers,
@@ -148,6 +152,8 @@ def run(config: RunConfig) -> int:
     # The final epoch: --epochs, or for a scratch-B baseline the same compute as the dense run.
     epochs = scratch_epochs(config, model, model_dataset) if config.scratch == "B" else config.epochs
 
+    if kd_policy is not None:   # appended after the schedule's policies, as in Distiller
+        scheduler = add_distillation_policy(kd, kd_policy, scheduler, model, epochs)
     train_model = ElasticDDP(model) if distributed else model
     if config.compile:
         train_model = torch.compile(train_model)
@@ -176,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.error = one_line_error
     args = parser.parse_args(argv)
     try:
-        return run(RunConfig.from_args(args))
+        return run(RunConfig.from_args(args), KDConfig.from_args(args))
     except CompressorError as e:
         sys.stderr.write(f"{parser.prog}: error: {e}\n")
         return 2

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .kd import add_distillation_args
+
 SUMMARIES = ("sparsity", "compute", "model", "modules", "thinning")
 PHASES = ("train", "valid", "test")
 
@@ -144,4 +146,5 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     g.add_argument("--no-progress-bar", action="store_true",
                    help="print progress lines even on a terminal")
+    add_distillation_args(p)
     return p
