@@ -28,6 +28,8 @@ setup(
         "images": ["pillow>=9"],                  # ImageNet-style class folders
         "plot": ["matplotlib>=3.5"],              # sensitivity-analysis plots
         "onnx": ["onnx>=1.14"],                   # --export-onnx
+        # benchmarks/bench_reach.py: every torchvision classifier, beside Torch-Pruning
+        "reach": ["torchvision>=0.16", "torch-pruning>=1.4"],
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0", "pillow>=9", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": [
