@@ -20,7 +20,9 @@ from .errors import CheckpointError
 NUMERIC_HYPERPARAMS = ("lr", "initial_lr", "momentum", "dampening", "weight_decay", "eps", "alpha",
                        "lr_decay", "initial_accumulator_value", "rho", "max_lr", "min_lr")
 # extras the trainer app writes and reads back on resume
-COUNTERS = ("resume_epoch", "resume_minibatch")
+COUNTERS = ("resume_epoch", "resume_minibatch", "resume_samples")
+# a stopped epoch's running sums (``training.meters_state``): [total, count] pairs by name
+METERS = ("loss", "overall", "top1", "top5")
 
 
 def _shown(value: Any) -> str:
@@ -62,6 +64,12 @@ def check_fields(ckpt: Mapping[str, Any], path: str) -> None:
             if key in extras and not (_is_int(extras[key]) and extras[key] >= 0):
                 raise CheckpointError(f"{path}: extras['{key}'] must be an integer >= 0; got "
                                       f"{_shown(extras[key])}")
+        size = extras.get("resume_batch_size")
+        if size is not None and not (_is_int(size) and size >= 1):
+            raise CheckpointError(f"{path}: extras['resume_batch_size'] must be an integer >= 1; "
+                                  f"got {_shown(size)}")
+        if extras.get("resume_meters") is not None:
+            _check_meters(extras["resume_meters"], path)
         if extras.get("seed") is not None and not _is_int(extras["seed"]):
             raise CheckpointError(f"{path}: extras['seed'] must be an integer; got {_shown(extras['seed'])}")
         rng = extras.get("rng_state")
@@ -79,6 +87,28 @@ def check_fields(ckpt: Mapping[str, Any], path: str) -> None:
                               f"{type(ckpt['thinning_recipes']).__name__}")
     if ckpt.get("optimizer_state_dict") is not None:
         _check_optimizer_state(ckpt["optimizer_state_dict"], path)
+
+
+def _is_pair(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and _is_number(value[0])
+            and _is_int(value[1]) and value[1] >= 0)
+
+
+def _check_meters(meters: Any, path: str) -> None:
+    """The running sums of a stopped epoch: a dict of [total, count] pairs, components alike."""
+    where = f"{path}: extras['resume_meters']"
+    if not isinstance(meters, Mapping):
+        raise CheckpointError(f"{where} must be a dict; got {type(meters).__name__}")
+    for key in METERS:
+        if key in meters and not _is_pair(meters[key]):
+            raise CheckpointError(f"{where}['{key}'] must be [finite total, integer count >= 0]; "
+                                  f"got {_shown(meters[key])}")
+    components = meters.get("components", {})
+    if not isinstance(components, Mapping) or not all(_is_pair(v) for v in components.values()):
+        raise CheckpointError(f"{where}['components'] must map names to [finite total, integer "
+                              f"count >= 0] pairs; got {_shown(components)}")
+    if "seconds" in meters and not _is_number(meters["seconds"]):
+        raise CheckpointError(f"{where}['seconds'] must be a finite number; got {_shown(meters['seconds'])}")
 
 
 def _check_optimizer_state(opt: Any, path: str) -> None:

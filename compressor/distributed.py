@@ -111,3 +111,23 @@ def reduce_sum_tensor(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t)
     return t
+
+
+def reduce_meter_state(state: dict) -> dict:
+    """A stopped epoch's running sums (``training.meters_state``) summed over ranks; the seconds
+    are the slowest rank's. Rank 0 saves this and resumes with it while the other ranks start
+    from zero, so the ranks' sums add up to the whole epoch's again."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return state
+    keys = sorted(k for k in state if k not in ("components", "seconds"))
+    comps = sorted(state.get("components", {}))
+    pairs = [state[k] for k in keys] + [state["components"][k] for k in comps]
+    t = torch.tensor([float(v) for pair in pairs for v in pair], dtype=torch.float64)
+    dist.all_reduce(t)
+    seconds = torch.tensor([float(state.get("seconds", 0.0))], dtype=torch.float64)
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    summed = [[float(t[2 * i]), int(t[2 * i + 1])] for i in range(len(pairs))]
+    out = dict(zip(keys, summed[:len(keys)]))
+    out["components"] = dict(zip(comps, summed[len(keys):]))
+    out["seconds"] = float(seconds)
+    return out

@@ -8,9 +8,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .errors import NonFiniteLossError
@@ -43,6 +44,28 @@ class EpochStats:
     components: Dict[str, float] = field(default_factory=dict)   # regularizer terms by name
     confusion: Optional[torch.Tensor] = None
     next_minibatch: Optional[int] = None   # set when training stopped early: where to resume
+    meter_state: Optional[Dict[str, Any]] = None   # set when stopped early: see ``meters_state``
+
+
+METER_NAMES = ("loss", "overall", "top1", "top5")
+
+
+def meters_state(meters: Mapping[str, Meter], components: Mapping[str, Meter],
+                 seconds: float) -> Dict[str, Any]:
+    """The running sums of a stopped epoch as plain data (a checkpoint can hold it):
+    ``{"loss": [total, count], ..., "components": {name: [total, count]}, "seconds": s}``."""
+    state: Dict[str, Any] = {k: [meters[k].total, meters[k].count] for k in METER_NAMES}
+    state["components"] = {k: [m.total, m.count] for k, m in components.items()}
+    state["seconds"] = float(seconds)
+    return state
+
+
+def _meters_from(state: Optional[Mapping[str, Any]]):
+    """(meters, components, seconds) continuing ``state`` (from ``meters_state``), or fresh ones."""
+    state = state or {}
+    meters = {k: Meter(*state[k]) if k in state else Meter() for k in METER_NAMES}
+    components = {k: Meter(*v) for k, v in (state.get("components") or {}).items()}
+    return meters, components, float(state.get("seconds", 0.0))
 
 
 def correct_topk(output: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list:
@@ -56,23 +79,43 @@ def correct_topk(output: torch.Tensor, target: torch.Tensor, ks: Sequence[int] =
 ProgressFn = Callable[[int, int, Dict[str, float]], None]
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _losses_of_all_ranks(loss: torch.Tensor, world: int) -> list:
+    """Every rank's loss of this step, on every rank: slot r of a zero vector holds rank r's loss,
+    and a sum adds only zeros to it, so NaN and inf arrive as they are. One all_reduce, and the
+    step's one host read."""
+    slots = torch.zeros(world, dtype=torch.float64, device=loss.device)
+    slots[dist.get_rank()] = loss.detach().to(torch.float64)
+    dist.all_reduce(slots)
+    return slots.tolist()
+
+
 def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch: int,
                 scheduler=None, device: torch.device = torch.device("cpu"),
                 progress: Optional[ProgressFn] = None, print_freq: int = 0,
                 stop: Optional[Callable[[], bool]] = None, skip: int = 0,
-                stop_on_nonfinite: bool = True) -> EpochStats:
+                stop_on_nonfinite: bool = True,
+                resume_meters: Optional[Mapping[str, Any]] = None) -> EpochStats:
     """One training epoch. ``scheduler`` (a CompressionScheduler) gets every per-minibatch event.
 
     ``stop`` is polled after each step; when it returns True the epoch ends early (e.g. on SIGTERM)
     and ``EpochStats.next_minibatch`` says where to continue. ``skip`` resumes such an epoch: the
-    first ``skip`` batches are drawn (so random augmentation stays in step) but not trained on.
+    first ``skip`` batches are drawn (so random augmentation stays in step) but not trained on;
+    ``resume_meters`` (the stopped epoch's ``EpochStats.meter_state``) continues its running sums,
+    so the resumed epoch reports the same loss and accuracy as one that never stopped.
     With ``stop_on_nonfinite`` a NaN or infinite loss raises ``NonFiniteLossError`` (naming the
-    epoch and minibatch) before it is back-propagated, so no step is taken on it.
+    epoch and minibatch) before it is back-propagated, so no step is taken on it. In a process
+    group of several ranks (torchrun) the ranks share each step's loss first, so all of them stop
+    at the same step when any one's loss is not finite, instead of the others waiting for it in
+    the gradient all-reduce.
     """
     model.train()
     steps = len(loader)
-    meters = {"loss": Meter(), "overall": Meter(), "top1": Meter(), "top5": Meter()}
-    components: Dict[str, Meter] = {}
+    world = _world() if stop_on_nonfinite else 1
+    meters, components, earlier_seconds = _meters_from(resume_meters)
     start = time.perf_counter()
     next_minibatch = None
     for i, (inputs, target) in enumerate(loader):
@@ -83,11 +126,19 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch:
             scheduler.on_minibatch_begin(epoch, i, steps, optimizer)
         output = model(inputs)
         loss = criterion(output, target)
-        loss_value = float(loss.detach())   # the one host read of the loss per step
-        if stop_on_nonfinite and not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"the training loss is {loss_value} at epoch {epoch}, minibatch "
-                                     f"{i}; stopped before stepping on it (lower the learning rate "
-                                     f"or check the schedule's regularizers)")
+        if world > 1:
+            losses = _losses_of_all_ranks(loss, world)
+            loss_value = losses[dist.get_rank()]
+            bad = next((r for r, v in enumerate(losses) if not math.isfinite(v)), None)
+            where, shown = (f" on rank {bad} of {world}", losses[bad]) if bad is not None else ("", 0.0)
+        else:
+            loss_value = float(loss.detach())   # the one host read of the loss per step
+            bad = None if math.isfinite(loss_value) else 0
+            where, shown = "", loss_value
+        if stop_on_nonfinite and bad is not None:
+            raise NonFiniteLossError(f"the training loss is {shown} at epoch {epoch}, minibatch "
+                                     f"{i}{where}; stopped before stepping on it (lower the learning "
+                                     f"rate or check the schedule's regularizers)")
         overall = loss
         if scheduler is not None:
             out = scheduler.before_backward_pass(epoch, i, steps, loss, optimizer,
@@ -114,16 +165,19 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion, optimizer, epoch:
             stats.update({name: m.mean for name, m in components.items()})
             stats.update({"Top1": meters["top1"].mean, "Top5": meters["top5"].mean,
                           "LR": optimizer.param_groups[0]["lr"],
-                          "Time": (time.perf_counter() - start) / (i + 1)})
+                          "Time": (time.perf_counter() - start) / (i + 1 - skip)})
             progress(i + 1, steps, stats)
         if stop is not None and stop() and i + 1 < steps:
             next_minibatch = i + 1
             break
+    seconds = earlier_seconds + time.perf_counter() - start
     return EpochStats(loss=meters["loss"].mean, overall_loss=meters["overall"].mean,
                       top1=meters["top1"].mean, top5=meters["top5"].mean,
-                      samples=meters["loss"].count, seconds=time.perf_counter() - start,
+                      samples=meters["loss"].count, seconds=seconds,
                       components={k: m.mean for k, m in components.items()},
-                      next_minibatch=next_minibatch)
+                      next_minibatch=next_minibatch,
+                      meter_state=meters_state(meters, components, seconds)
+                      if next_minibatch is not None else None)
 
 
 @torch.no_grad()

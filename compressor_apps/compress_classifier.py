@@ -30,6 +30,7 @@ from .epochs import Loop
 from .kd import KDConfig, add_distillation_policy, build_distillation_policy
 from .modes import export_onnx, reinitialize, run_summaries, scratch_epochs, sensitivity, thinnify
 from .parser import build_parser
+from .resume import resume_point
 from .run_config import RunConfig, UsageError
 
 log = logging.getLogger("compressor.app")
@@ -72,7 +73,7 @@ def run(config: RunConfig, kd: Optional[KDConfig] = None) -> int:
         return 0
 
     # Load everything the user named before anything is written to disk.
-    start_epoch, skip, resumed, best, rows = 0, 0, None, BestScores(config.best_by), []
+    start_epoch, skip, meters, resumed, best, rows = 0, 0, None, None, BestScores(config.best_by), []
     optimizer = make_optimizer(config, model)
     scheduler: Optional[CompressionScheduler] = None
     full = config.full_resume
@@ -93,8 +94,8 @@ def run(config: RunConfig, kd: Optional[KDConfig] = None) -> int:
             optimizer = make_optimizer(config, model)
         else:
             extras = resumed.get("extras", {})
-            start_epoch = int(extras.get("resume_epoch", int(resumed.get("epoch", -1)) + 1))
-            skip = int(extras.get("resume_minibatch", 0))
+            point = resume_point(resumed, config, source)   # refuses another batch size mid-epoch
+            start_epoch, skip, meters = point.epoch, point.minibatch, point.meters
             best, rows = BestScores(config.best_by, extras.get("history", [])), list(extras.get("metrics", []))
             if config.seed is None and "seed" in extras:
                 seed = int(extras["seed"])
@@ -166,7 +167,7 @@ def run(config: RunConfig, kd: Optional[KDConfig] = None) -> int:
     if config.evaluate:
         loop.test(num_classes)
         return 0
-    code = loop.run(start_epoch, skip)
+    code = loop.run(start_epoch, skip, meters)
     if code == 0:
         loop.test(num_classes)
     return code

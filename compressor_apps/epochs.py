@@ -16,7 +16,7 @@ import torch.distributed as dist
 from compressor import checkpoint as ckpt_io
 from compressor import summary
 from compressor.activations import ActivationStatsCollector
-from compressor.distributed import broadcast_masks, reduce_mean, reduce_sum_tensor
+from compressor.distributed import broadcast_masks, reduce_meter_state, reduce_mean, reduce_sum_tensor
 from compressor.training import EpochStats, evaluate, train_epoch
 from .best import BestScores
 from .common import table, weight_stats
@@ -82,6 +82,11 @@ class Loop:
     distributed: bool = False
 
     # -- helpers -------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): it logs, writes, and carries a stopped epoch's sums."""
+        return not self.distributed or dist.get_rank() == 0
+
     def reduce(self, stats: EpochStats) -> EpochStats:
         if not self.distributed:
             return stats
@@ -93,7 +98,9 @@ class Loop:
         return EpochStats(loss=mean["loss"], overall_loss=mean["overall_loss"], top1=mean["top1"],
                           top5=mean["top5"], samples=samples, seconds=stats.seconds,
                           components={k[2:]: v for k, v in mean.items() if k.startswith("c:")},
-                          confusion=confusion, next_minibatch=stats.next_minibatch)
+                          confusion=confusion, next_minibatch=stats.next_minibatch,
+                          meter_state=reduce_meter_state(stats.meter_state)
+                          if stats.meter_state is not None else None)
 
     def save(self, epoch: int, extras: dict) -> Optional[str]:
         if self.run_dir is None:
@@ -114,8 +121,9 @@ class Loop:
         return ActivationStatsCollector(self.model) if phase in self.config.activation_stats else None
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, start_epoch: int, skip: int = 0) -> int:
-        """Train epochs start_epoch .. self.epochs-1; returns the exit code."""
+    def run(self, start_epoch: int, skip: int = 0, meters: Optional[dict] = None) -> int:
+        """Train epochs start_epoch .. self.epochs-1; returns the exit code. ``skip`` minibatches
+        of the first epoch were trained before a stop, with running sums ``meters``."""
         bar = use_bar(self.config.no_progress_bar) and self.run_dir is not None
         with StopFlag(self.distributed) as stop:
             for epoch in range(start_epoch, self.epochs):
@@ -129,10 +137,14 @@ class Loop:
                 log.info("Training epoch %d: %d samples (%d per mini-batch)%s", epoch,
                          self.train_loader.dataset_size * (dist.get_world_size() if self.distributed else 1),
                          self.config.batch_size, f", resuming at minibatch {skip}" if resuming else "")
-                stats = self.train_one(epoch, bar, stop, skip if resuming else 0)
+                stats = self.train_one(epoch, bar, stop, skip if resuming else 0,
+                                       meters if resuming else None)
                 if stats.next_minibatch is not None:
-                    path = self.save(epoch - 1, self.extras(resume_epoch=epoch,
-                                                            resume_minibatch=stats.next_minibatch))
+                    path = self.save(epoch - 1, self.extras(
+                        resume_epoch=epoch, resume_minibatch=stats.next_minibatch,
+                        resume_batch_size=self.config.batch_size,
+                        resume_samples=stats.next_minibatch * self.config.batch_size,
+                        resume_meters=stats.meter_state))
                     name = signal.Signals(stop.signum).name
                     log.warning("Stopped by %s at epoch %d, minibatch %d; saved %s. Resume with "
                                 "--resume-from %s", name, epoch, stats.next_minibatch, path, path)
@@ -140,7 +152,7 @@ class Loop:
                 self.end_epoch(epoch, stats)
         return 0
 
-    def train_one(self, epoch: int, bar: bool, stop, skip: int) -> EpochStats:
+    def train_one(self, epoch: int, bar: bool, stop, skip: int, meters: Optional[dict] = None) -> EpochStats:
         acts = self.observed("train")
         if acts is not None:
             acts.__enter__()
@@ -149,7 +161,8 @@ class Loop:
             stats = train_epoch(self.train_model, self.train_loader, self.criterion, self.optimizer,
                                 epoch, self.scheduler, self.device,
                                 progress=Progress(f"Epoch: [{epoch}]", bar) if self.run_dir else None,
-                                print_freq=self.config.print_freq, stop=stop, skip=skip)
+                                print_freq=self.config.print_freq, stop=stop, skip=skip,
+                                resume_meters=meters if self.is_main else None)
         finally:
             if acts is not None:
                 acts.__exit__(None, None, None)

@@ -20,6 +20,13 @@ EDITS = {
     "mask_half": lambda c: c["compression_sched"]["masks_dict"]["masks"].update(
         {"fc1.weight": torch.full(tuple(c["state_dict"]["fc1.weight"].shape), 0.5)}),
     "resume_epoch_negative": lambda c: c["extras"].update(resume_epoch=-3),
+    "batch_size_zero": lambda c: c["extras"].update(resume_minibatch=5, resume_batch_size=0),
+    "meters_text": lambda c: c["extras"].update(resume_minibatch=5, resume_meters={"loss": ["2.3", 80]}),
+    "meters_components_list": lambda c: c["extras"].update(
+        resume_minibatch=5, resume_meters={"loss": [2.3, 80], "components": [1, 2]}),
+    # valid: stopped inside epoch 1 after 5 minibatches of 16 (resumed with another -b: refused)
+    "mid_epoch_b16": lambda c: c["extras"].update(resume_minibatch=5, resume_batch_size=16,
+                                                  resume_samples=80),
 }
 
 

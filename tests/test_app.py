@@ -168,7 +168,7 @@ def test_help_is_grouped():
 
 
 @pytest.mark.slow          # trains with the app in-process
-def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
     """A stop request (SIGINT/SIGTERM) is honoured after the current step; the checkpoint it leaves
     resumes at the next minibatch and ends bit-identical to a run that never stopped."""
     from compressor_apps import epochs
@@ -189,11 +189,27 @@ def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, monkey
     part = os.path.join(run_dir(tmp_path / "part"), "checkpoint.pth.tar")
     saved = read_checkpoint(part)
     assert (saved["extras"]["resume_epoch"], saved["extras"]["resume_minibatch"]) == (2, 2)
+    assert (saved["extras"]["resume_batch_size"], saved["extras"]["resume_samples"]) == (64, 128)
+    assert saved["extras"]["resume_meters"]["loss"][1] == 128
+    # another batch size would resume at the wrong sample: refused, naming the one to use
+    other = [a if a != "64" else "32" for a in common]
+    assert main(other + ["--resume-from", part, "-o", str(tmp_path / "refused")]) == 2
+    assert re.search(r"stopped inside epoch 2 after 2 minibatches of 64 samples; resume it with "
+                     r"--batch-size 64", capsys.readouterr().err)
+    assert not (tmp_path / "refused").exists()
     assert main(common + ["--resume-from", part, "-o", str(tmp_path / "resumed")]) == 0
     full = read_checkpoint(os.path.join(run_dir(tmp_path / "full"), "checkpoint.pth.tar"))
     resumed = read_checkpoint(os.path.join(run_dir(tmp_path / "resumed"), "checkpoint.pth.tar"))
     for name, value in full["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][name]), name
+    # the interrupted epoch's training metrics cover the whole epoch, as if it never stopped
+    # (the same operations in the same order: equal exactly; only the wall time differs)
+    rows_full, rows_resumed = full["extras"]["metrics"], resumed["extras"]["metrics"]
+    assert len(rows_full) == len(rows_resumed) == 5
+    for a, b in zip(rows_full, rows_resumed):
+        a, b = dict(a), dict(b)
+        a.pop("epoch_seconds"), b.pop("epoch_seconds")
+        assert a == b, a["epoch"]
 
 
 @pytest.mark.slow          # the app in a subprocess
