@@ -1,0 +1,134 @@
+"""Hugging Face transformers thinned exactly: per-block capture, MLP neurons, attention heads
+(grouped-query attention), the head counts rewritten, and save / from_pretrained.
+
+Tiny random BERT and Llama configs (2 layers, small widths), float64: the masked model and the
+thinned one must compute the same function (``assert_same_function``). transformers is in the
+``test`` extra, so CI runs these.
+"""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from helpers.exact import assert_same_function  # noqa: E402
+
+from compressor.errors import ThinningError  # noqa: E402
+from compressor.graph import analyze_graph  # noqa: E402
+from compressor.thinning import analyze, contract_model  # noqa: E402
+from compressor.thinning.heads import apply_masks, attention_outputs, class_masks  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+def bert(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=40, hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=40, max_position_embeddings=16)
+    cfg.update(kw)
+    return transformers.BertModel(transformers.BertConfig(**cfg)).eval()
+
+
+def llama(heads=4, kv=2, **kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=40, hidden_size=24, num_hidden_layers=2, num_attention_heads=heads,
+               num_key_value_heads=kv, intermediate_size=36, max_position_embeddings=16,
+               head_dim=6)
+    cfg.update(kw)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
+
+
+IDS = torch.tensor([[3, 7, 1, 9, 12, 5, 30], [2, 2, 8, 39, 0, 4, 11]])
+
+
+def out(model, ids=IDS):
+    with torch.no_grad():
+        o = model(ids)
+    return o.last_hidden_state if hasattr(o, "last_hidden_state") else o.logits
+
+
+def prune(model, neurons=0.3, heads=0.25):
+    """Mask the weakest MLP neurons and heads (L1), as the ranking does; returns the masks."""
+    g = analyze_graph(model, IDS)
+    att = attention_outputs(model)
+    mlp = {c.module for c in g.consumers if c.module not in att}
+    masks = {**class_masks(g, model, neurons, mlp), **class_masks(g, model, heads, att)}
+    apply_masks(model, masks)
+    return masks
+
+
+def test_bert_capture_lists_mlp_and_heads_as_thinnable():
+    r = analyze(bert(), IDS)
+    assert "encoder.layer.0.intermediate.dense" in r.thinnable
+    assert "encoder.layer.1.attention.self.value" in r.thinnable
+    assert ["encoder.layer.0.attention.self.query.weight", "encoder.layer.0.attention.self.key.weight",
+            "encoder.layer.0.attention.self.value.weight"] in r.groups
+    assert "kept" in r.blocked["encoder.layer.0.attention.output.dense"]   # the residual stream
+
+
+def test_llama_capture_couples_gate_and_up():
+    r = analyze(llama(), IDS)
+    assert ["model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"] in r.groups
+    assert "model.layers.1.self_attn.q_proj" in r.thinnable
+    assert r.error is None
+
+
+@pytest.mark.parametrize("make", [bert, llama], ids=["bert", "llama"])
+def test_mlp_neurons_thinned_exactly(make):
+    m = make()
+    prune(m, neurons=0.3, heads=0.0)
+    ref = out(m)
+    n0 = sum(p.numel() for p in m.parameters())
+    res = contract_model(m, IDS)
+    assert res.changed and sum(p.numel() for p in m.parameters()) < n0
+    assert_same_function(out(m), ref)
+    inter = m.encoder.layer[0].intermediate.dense if make is bert else m.model.layers[0].mlp.up_proj
+    assert inter.out_features == inter.weight.shape[0] < (40 if make is bert else 36)
+
+
+def test_bert_heads_thinned_exactly_and_counts_rewritten():
+    m = bert()
+    prune(m, neurons=0.0, heads=0.25)
+    ref = out(m)
+    contract_model(m, IDS)
+    assert_same_function(out(m), ref)
+    s = m.encoder.layer[0].attention.self
+    assert (s.num_attention_heads, s.all_head_size, s.attention_head_size) == (3, 18, 6)
+    assert s.query.weight.shape == (18, 24) and m.encoder.layer[0].attention.output.dense.in_features == 18
+
+
+def test_llama_gqa_removes_whole_kv_groups_exactly():
+    m = llama(heads=4, kv=2)
+    prune(m, neurons=0.3, heads=0.5)    # one of the two key/value groups per layer
+    ref = out(m)
+    contract_model(m, IDS)
+    assert_same_function(out(m), ref)
+    a = m.model.layers[0].self_attn
+    assert (a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features,
+            a.o_proj.in_features, a.num_key_value_groups) == (12, 6, 6, 12, 2)
+
+
+def test_query_heads_alone_are_not_removed_under_gqa():
+    """One query head of a group zeroed (its o columns): the group stays (a unit is a kv head
+    with all its query heads), so nothing is removed and the function is unchanged."""
+    m = llama(heads=4, kv=2)
+    with torch.no_grad():
+        m.model.layers[0].self_attn.o_proj.weight[:, :6] = 0
+    ref = out(m)
+    res = contract_model(m, IDS)
+    assert "model.layers.0.self_attn.q_proj" not in res.removed
+    assert_same_function(out(m), ref)
+
+
+def test_llama_mha_one_head_at_a_time():
+    m = llama(heads=4, kv=4)
+    prune(m, neurons=0.0, heads=0.25)
+    ref = out(m)
+    contract_model(m, IDS)
+    assert_same_function(out(m), ref)
+    assert m.model.layers[1].self_attn.k_proj.out_features == 18
+
+
+def test_hf_model_needs_token_ids_as_example_input():
+    with pytest.raises(ThinningError, match=r"cannot thin BertModel block by block without an "
+                                            r"example input tensor: pass input ids"):
+        analyze(bert(), (3, 32, 32))
