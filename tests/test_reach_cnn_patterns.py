@@ -137,3 +137,138 @@ def test_stochastic_depth_module_as_a_leaf():
     g = Analyzer(model, gm, propagate_shapes(model, gm, (3, 8, 8))).run()
     thinnable, blocked, _ = g.layer_status()
     assert "block.6" in thinnable and not any("stochastic" in w for w in blocked.values())
+
+
+# ---- channel shuffle and chunk, as torchvision's ShuffleNetV2 writes them -----------------------
+
+def channel_shuffle(x, groups: int):
+    batchsize, num_channels, height, width = x.size()
+    channels_per_group = num_channels // groups
+    x = x.view(batchsize, groups, channels_per_group, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batchsize, num_channels, height, width)
+
+
+def conv_bn(cin, cout, k=1, stride=1, groups=1, relu=True):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(cout)]
+    return layers + [nn.ReLU(inplace=True)] if relu else layers
+
+
+class ShuffleUnit(nn.Module):
+    def __init__(self, inp, oup, stride):
+        super().__init__()
+        self.stride = stride
+        bf = oup // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(*conv_bn(inp, inp, 3, stride, inp, relu=False),
+                                         *conv_bn(inp, bf))
+        self.branch2 = nn.Sequential(*conv_bn(inp if stride > 1 else bf, bf),
+                                     *conv_bn(bf, bf, 3, stride, bf, relu=False), *conv_bn(bf, bf))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetLike(nn.Module):
+    def __init__(self, c0=6, c=12, units=3):
+        super().__init__()
+        self.conv1 = nn.Sequential(*conv_bn(3, c0, 3))
+        self.stage = nn.Sequential(ShuffleUnit(c0, c, 2), *[ShuffleUnit(c, c, 1)
+                                                              for _ in range(units - 1)])
+        self.conv5 = nn.Sequential(*conv_bn(c, 16))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.conv5(self.stage(self.conv1(x)))
+        return self.fc(x.mean([2, 3]))
+
+
+def test_channel_shuffle_and_chunk_thin_exactly():
+    torch.manual_seed(0)
+    model = ShuffleNetLike()
+    report = analyze(model, (3, 8, 8))
+    assert list(report.blocked) == ["fc"]   # every layer but the classifier is thinnable
+    removed = {}
+    for seed in range(4):   # chunk balancing may keep some zero channels: several draws
+        m = ShuffleNetLike()
+        m.load_state_dict(model.state_dict())
+        removed.update(thin_and_compare(m, (3, 8, 8), frac=0.5, seed=seed).removed)
+    assert any(name.startswith("stage.2.branch2") for name in removed)
+    assert any(name.startswith("stage.0.branch1") for name in removed)
+
+
+def test_shuffle_couples_one_channel_of_every_group():
+    """Channel k of each group is one class, so every group keeps the same size."""
+    torch.manual_seed(0)
+    g = analyze_graph(ShuffleNetLike(units=1), (3, 8, 8))
+    b1 = next(p for p in g.producers if p.module == "stage.0.branch1.2")
+    b2 = next(p for p in g.producers if p.module == "stage.0.branch2.5")
+    assert g.roots(b1.ids) == g.roots(b2.ids)
+
+
+def test_chunk_parts_lose_the_same_count():
+    """Zero only channels of the first half: the chunk after them must keep the halves equal, so
+    those channels stay (zero) and the function is unchanged."""
+    torch.manual_seed(0)
+    model = ShuffleNetLike(units=2).eval()
+    randomize_bn(model)
+    g = analyze_graph(model, (3, 8, 8))
+    # stage.1 splits stage.0's shuffled output; zero the classes of its first half only
+    first_half = set(g.roots(g.balanced[0].ids[:len(g.balanced[0].ids) // 2]))
+    second = set(g.roots(g.balanced[0].ids[len(g.balanced[0].ids) // 2:]))
+    only_first = sorted(first_half - second)
+    assert only_first
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for p in g.producers:
+            for i, r in enumerate(g.roots(p.ids)):
+                if r == only_first[0]:
+                    params[p.weight].select(p.out_dim, i).zero_()
+        for f in g.followers:
+            for i, r in enumerate(g.roots(f.ids)):
+                if r == only_first[0]:
+                    for t in f.tensors:
+                        if t in params:
+                            params[t][i] = 0
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    result = contract_model(model, (3, 8, 8))
+    with torch.no_grad():
+        assert_same_function(model(x), ref)
+    assert not any(n.startswith("stage.0") for n in result.removed)
+
+
+class FixedShuffle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = x.view(x.size(0), 2, 4, 8, 8).transpose(1, 2).reshape(x.size(0), -1, 8, 8)
+        return self.b(x)
+
+
+class FixedSplit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        x1, x2 = self.a(x).split([3, 5], dim=1)
+        return self.b(x1) + x2.sum(1, keepdim=True)
+
+
+def test_fixed_group_size_and_fixed_split_are_refused_with_the_op():
+    blocked = layers_blocked(FixedShuffle(), (3, 8, 8))
+    assert "fixed size 4 for the channels per group" in blocked["a"]
+    assert "Tensor.view" in blocked["a"]
+    blocked = layers_blocked(FixedSplit(), (3, 8, 8))
+    assert "Tensor.split" in blocked["a"] and "fixed sizes [3, 5]" in blocked["a"]

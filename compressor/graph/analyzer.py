@@ -25,6 +25,7 @@ plus the total number of channels.
 """
 from __future__ import annotations
 
+import operator
 from typing import Dict, Iterable, List, Optional
 
 import torch
@@ -39,7 +40,7 @@ from .function_rules import FUNCTION_RULES, METHOD_RULES, NAMED_FUNCTION_RULES, 
 from .module_rules import rule_for
 from .nodes import node_shape, nodes_in, qualified_name, target_name, where
 from .optables import SHAPE_QUERIES
-from .records import ChannelGraph, ChannelInfo, Producer
+from .records import ChannelGraph, ChannelInfo, ChannelTuple, Producer
 from .shapes import ExampleInput, propagate_shapes
 from .trace import TraceError, trace
 
@@ -176,6 +177,8 @@ class Analyzer:
             return self._called_twice(node, mod, out_shape)
         if len(node.args) != 1 or node.kwargs:
             return self.fallback(node, f"{type(mod).__name__} '{name}' with several inputs")
+        if isinstance(info, ChannelTuple):
+            return self.fallback(node, f"{type(mod).__name__} '{name}' on a tuple of tensors")
         rule = rule_for(mod)
         if rule is None:
             return self.fallback(node, f"{type(mod).__name__} '{name}'")
@@ -212,6 +215,8 @@ class Analyzer:
             FUNCTION_RULES.get(t) or NAMED_FUNCTION_RULES.get(qualified_name(t)))
         if rule is None:
             return self.fallback(node, target_name(t))
+        if t is not operator.getitem and any(isinstance(self.env[a], ChannelTuple) for a in tracked):
+            return self.fallback(node, f"{target_name(t)} on a tuple of tensors")   # only indexed
         x = node.args[0] if node.args else None
         info = self.env.get(x) if isinstance(x, torch.fx.Node) else None
         return rule(self, node, Call(x, info, node_shape(x), node_shape(node), len(tracked),

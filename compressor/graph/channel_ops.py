@@ -72,6 +72,9 @@ def reshape(an: "Analyzer", node, info, in_shape, out_shape, what) -> Optional[C
         sizes = None
     new = reshape_cdim(in_shape, out_shape, c)
     if new is None:
+        j = split_cdim(in_shape, out_shape, c)
+        if j is not None:
+            return split_channels(an, node, info, out_shape, sizes, j, what)
         return an.mixing(node, info, f"{what} to {list(out_shape)} mixes the channel "
                                        f"dimension with others")
     cdim, factor = new
@@ -117,3 +120,44 @@ def reshape_cdim(in_shape, out_shape, c) -> Optional[Tuple[int, int]]:
             break
         acc *= out_shape[j]
     return None
+
+
+def split_cdim(in_shape, out_shape, c) -> Optional[int]:
+    """``j`` when a reshape splits the channel dim (and nothing else) into ``out_shape[j]`` groups
+    of ``out_shape[j + 1]`` channels (ShuffleNet's ``x.view(b, groups, c // groups, h, w)``)."""
+    in_shape, out_shape = list(in_shape), list(out_shape)
+    pre, size, post = math.prod(in_shape[:c]), in_shape[c], math.prod(in_shape[c + 1:])
+    for j in range(len(out_shape) - 1):
+        if math.prod(out_shape[:j]) == pre and out_shape[j] * out_shape[j + 1] == size and \
+                math.prod(out_shape[j + 2:]) == post and out_shape[j] > 1 and out_shape[j + 1] > 1:
+            return j
+    return None
+
+
+def split_channels(an: "Analyzer", node, info, out_shape, sizes, j, what) -> Optional[ChannelInfo]:
+    """A reshape into ``A = out_shape[j]`` groups of ``B`` channels: channel ``k`` of every group
+    is coupled (one class), and the channel dim becomes the ``B`` dim (``j + 1``).
+
+    Thinning then removes whole columns ``k`` (one channel from every group), so the group count
+    ``A`` stays what the forward says and every group keeps the same size: the view stays valid
+    and a later transpose and flatten (a channel shuffle) interleave the kept channels exactly as
+    before. Removing whole groups instead would keep ``B`` fixed but make every class ``B``
+    channels wide; columns are the finer choice. The group size must therefore follow thinning:
+    a literal size there (not -1 or computed from ``x.size()``) is refused.
+    """
+    A, B = out_shape[j], out_shape[j + 1]
+    if sizes is not None and j + 1 < len(sizes):
+        s = sizes[j + 1]
+        if isinstance(s, int) and s != -1:
+            return an.mixing(node, info, f"{what} has the fixed size {s} for the channels per "
+                                           f"group (compute it from x.size(), or write -1, to "
+                                           f"follow thinning)")
+    ids = info.ids
+    for k in range(B):
+        for a in range(1, A):
+            an.g.uf.union(ids[k], ids[a * B + k])
+    dirty = None
+    if info.dirty is not None:
+        dirty = [next((info.dirty[a * B + k] for a in range(A) if info.dirty[a * B + k]), None)
+                 for k in range(B)]
+    return ChannelInfo(ids[:B], j + 1, dirty)

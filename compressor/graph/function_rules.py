@@ -20,7 +20,7 @@ from .channel_ops import pad, reshape, softmax, spatial
 from .nodes import node_shape, target_name, where
 from .optables import (ARITH, CAT, F_DIRTY, F_POOL, F_ZERO, M_ARITH, M_DIRTY, M_REDUCE, M_ZERO,
                        NAMED_ZERO, REDUCE)
-from .records import ChannelInfo
+from .records import Balanced, ChannelInfo, ChannelTuple
 
 if TYPE_CHECKING:
     from .analyzer import Analyzer
@@ -306,7 +306,50 @@ def softmax_function(an: "Analyzer", node, c: Call) -> Optional[ChannelInfo]:
 
 
 def getitem_rule(an: "Analyzer", node, c: Call) -> Optional[ChannelInfo]:
+    if isinstance(c.info, ChannelTuple):   # an element of x.chunk(...): its own channels
+        idx = node.args[1] if len(node.args) > 1 else None
+        if isinstance(idx, int) and -len(c.info.parts) <= idx < len(c.info.parts):
+            return c.info.parts[idx]
+        return an.fallback(node, "indexing a tuple of tensors with a slice or a tensor")
     return getitem(an, node, c.info, c.in_shape)
+
+
+def split(an: "Analyzer", node, c: Call) -> Optional[ChannelTuple]:
+    """``torch.chunk`` / ``torch.split`` (and the tensor methods): a tuple of parts.
+
+    Along another dim, every part keeps every channel. Along the channel dim, part ``j`` holds a
+    consecutive range of channels. ``chunk(n)`` into ``n`` equal parts stays exact when every
+    part loses as many channels as the others (a ``Balanced`` record the plan honours): the
+    thinned tensor is then cut at the same places. Fixed sizes (``split(58)``, ``split([a, b])``)
+    would cut the thinned tensor elsewhere, so their channels are blocked.
+    """
+    tm = node.meta.get("tensor_meta")
+    if not c.single or c.in_shape is None or not isinstance(tm, (list, tuple)) or \
+            not all(hasattr(t, "shape") for t in tm):
+        return an.fallback(node, c.name)
+    is_chunk = c.name.endswith("chunk")
+    args = node.args[1:]
+    first = args[0] if args else node.kwargs.get(
+        "chunks" if is_chunk else "split_size_or_sections", node.kwargs.get("split_size"))
+    dim = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
+    if not isinstance(dim, int):
+        return an.fallback(node, c.name)
+    info = c.info
+    shapes = [tuple(t.shape) for t in tm]
+    if dim % len(c.in_shape) != info.cdim:
+        return ChannelTuple([info for _ in shapes])
+    sizes = [s[info.cdim] for s in shapes]
+    what = f"{c.name} at node '{node.name}' (in {where(node)})"
+    if not (is_chunk and isinstance(first, int) and len(sizes) == first and len(set(sizes)) == 1):
+        return an.mixing(node, info, f"{what} cuts the channel dimension at the fixed sizes "
+                                       f"{sizes} (torch.chunk into equal parts follows thinning)")
+    an.g.balanced.append(Balanced(what, list(info.ids), len(sizes)))
+    parts, start = [], 0
+    for n in sizes:
+        dirty = None if info.dirty is None else info.dirty[start:start + n]
+        parts.append(ChannelInfo(info.ids[start:start + n], info.cdim, dirty))
+        start += n
+    return ChannelTuple(parts)
 
 
 def cat_rule(an: "Analyzer", node, c: Call) -> Optional[ChannelInfo]:
@@ -345,6 +388,7 @@ FUNCTION_RULES: Dict[Any, FunctionRule] = {
     torch.flatten: _RESHAPE, torch.reshape: _RESHAPE,
     **{t: _MOVE for t in (torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze)},
     **{t: _REDUCE_RULE for t in REDUCE},
+    torch.chunk: split, torch.split: split,
 }
 
 # Functions of optional packages, by ``nodes.qualified_name`` (looked up after FUNCTION_RULES).
@@ -362,4 +406,5 @@ METHOD_RULES: Dict[str, FunctionRule] = {
     **{m: _RESHAPE for m in ("flatten", "view", "reshape")},
     **{m: _MOVE for m in ("permute", "transpose", "unsqueeze", "squeeze")},
     **{m: _REDUCE_RULE for m in M_REDUCE},
+    "chunk": split, "split": split,
 }

@@ -60,6 +60,37 @@ class Follower:
         return [(o, self.in_ids[k]) for o, k in zip(self.ids, index)]
 
 
+@dataclass
+class Balanced:
+    """Channels an op cuts into ``groups`` equal consecutive parts whose sizes follow the channel
+    count (``torch.chunk`` along channels): every part must lose as many channels as the others,
+    so the op still cuts the thinned tensor at the same places. Thinning balances them like the
+    groups of a grouped convolution (``kind`` is 'grouped' for that reason)."""
+    what: str
+    ids: List[int]
+    groups: int
+    kind: str = "grouped"
+
+
+@dataclass
+class ParamSlice:
+    """A parameter or buffer the forward reads directly and combines with followed channels
+    (ConvNeXt's ``layer_scale * x``, ViT's ``x + pos_embedding``, a class token concatenated
+    along the tokens): sliced along ``dim`` with those channels (``ids``, one per position)."""
+    tensor: str
+    dim: int
+    ids: List[int]
+
+
+@dataclass
+class WidthAttr:
+    """An integer module attribute the forward uses as a channel count (torchvision ViT's
+    ``hidden_dim`` in a ``reshape``): set to the number of channels of ``ids`` that stay."""
+    module: str
+    attr: str
+    ids: List[int]
+
+
 class UnionFind:
     """Union-find over channel elements; the smaller element is the root, so results are stable."""
 
@@ -89,6 +120,20 @@ class UnionFind:
                 self.parent[rb] = ra
             else:
                 self.parent[ra] = rb
+
+
+class ChannelTuple:
+    """The channels of a tuple of tensors (``x.chunk(2, dim=1)``): one ``ChannelInfo`` (or None)
+    per element; ``ids`` lists all of them, so blocking the tuple blocks every element."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: List[Optional["ChannelInfo"]]):
+        self.parts = parts
+
+    @property
+    def ids(self) -> List[int]:
+        return [i for p in self.parts if p is not None for i in p.ids]
 
 
 class ChannelInfo:
@@ -122,6 +167,9 @@ class ChannelGraph:
     dirty: Dict[int, str] = field(default_factory=dict)
     base: List[int] = field(default_factory=list)         # union-find parents before the links
     blocks: Tuple[Dict[int, str], ...] = field(default_factory=lambda: ({}, {}, {}))  # per element
+    balanced: List[Balanced] = field(default_factory=list)
+    params: List[ParamSlice] = field(default_factory=list)
+    widths: List[WidthAttr] = field(default_factory=list)
 
     def link_and_block(self, open_links: Iterable[str] = ()) -> None:
         """Join every follower link except those of ``open_links`` (modules), then map the
@@ -140,7 +188,8 @@ class ChannelGraph:
         """The same layers with the links of the batch norms ``modules`` left open: their output
         channels form classes apart from their input's, so they can drop channels it keeps."""
         g = ChannelGraph(self.model_name, self.input_shape, self.producers, self.consumers,
-                         self.followers, base=self.base, blocks=self.blocks)
+                         self.followers, base=self.base, blocks=self.blocks,
+                         balanced=self.balanced, params=self.params, widths=self.widths)
         g.uf.parent = list(self.base)
         g.link_and_block(modules)
         return g

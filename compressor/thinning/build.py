@@ -71,6 +71,7 @@ def build_recipe(plan: "Plan", model: nn.Module) -> ThinningResult:
     result = ThinningResult(plan.kind, warnings=list(plan.warnings))
     if not removed:
         return result
+    _check_balanced(graph, removed)
     tensors = named_tensors(model)
     entries: Dict[str, TensorChange] = {}
     modules: Dict[str, ModuleChange] = {}
@@ -136,6 +137,19 @@ def build_recipe(plan: "Plan", model: nn.Module) -> ThinningResult:
     result.typed_recipe = Recipe(plan.kind, modules, entries, selections or None,
                                  SELECTION_RECIPE_VERSION if selections else RECIPE_VERSION)
     return result
+
+
+def _check_balanced(graph: ChannelGraph, removed: Set[int]) -> None:
+    """Tensors cut into equal parts must lose as many channels from each (``plan`` balances them;
+    this guards later changes to the plan, such as batch-norm selections)."""
+    find = graph.uf.find
+    for rec in graph.balanced:
+        per = len(rec.ids) // rec.groups
+        counts = {sum(1 for x in rec.ids[j * per:(j + 1) * per] if find(x) in removed)
+                  for j in range(rec.groups)}
+        if len(counts) != 1:
+            raise ThinningError(f"cannot thin: {rec.what} would cut parts of different sizes "
+                                f"(removed per part: {sorted(counts)}). Nothing was changed.")
 
 
 def _selection(graph: ChannelGraph, f: Follower, keep_out: List[int],

@@ -130,6 +130,8 @@ def make_plan(graph: ChannelGraph, model: nn.Module, kind: str) -> Plan:
             notes.append(msg)
             warnings.warn(msg, stacklevel=3)
     _balance_groups(graph, removed)
+    while _balance_parts(graph, removed):   # each un-removes; groups may need balancing again
+        _balance_groups(graph, removed)
     return add_selections(Plan(graph, kind, removed, ignored, notes), model, pzero, czero)
 
 
@@ -156,3 +158,26 @@ def _balance_groups(graph: ChannelGraph, removed: Set[int]) -> None:
                         extra -= 1
 
 
+def _part_counts(graph: ChannelGraph, rec, removed: Set[int]) -> List[int]:
+    roots = graph.roots(rec.ids)
+    per = len(roots) // rec.groups
+    return [sum(1 for r in roots[j * per:(j + 1) * per] if r in removed) for j in range(rec.groups)]
+
+
+def _balance_parts(graph: ChannelGraph, removed: Set[int]) -> bool:
+    """Tensors cut into equal parts (``torch.chunk``, see ``graph.Balanced``) lose as many
+    channels from every part, and keep one in each: un-remove classes of the part that loses most
+    until they do. A class may sit at several positions (a channel shuffle couples them), so the
+    counts are recomputed after each change. Returns whether anything changed."""
+    changed = False
+    for rec in graph.balanced:
+        per = len(rec.ids) // rec.groups
+        while True:
+            counts = _part_counts(graph, rec, removed)
+            if len(set(counts)) == 1 and counts[0] < per:
+                break
+            j = max(range(rec.groups), key=lambda k: counts[k])
+            roots = graph.roots(rec.ids[j * per:(j + 1) * per])
+            removed.discard(next(r for r in reversed(roots) if r in removed))
+            changed = True
+    return changed
