@@ -2,8 +2,11 @@
 
 Every ``class:`` is looked up in a registry; arguments are checked against the constructor; weight
 names are matched against the model (exactly, with or without DataParallel's ``module.`` segments,
-as globs, or as ``re:`` regular expressions). Everything is validated before anything is changed:
-a schedule that fails leaves the model, the optimizer and a passed-in scheduler as they were.
+as globs, as ``re:`` regular expressions, or by a selector such as ``thinnable``, see
+``pruners/selectors.py``). A schedule that thins (a thinning extension, or ``thins=True`` from an
+app that will) may not list, for filter or neuron pruning, a layer the thinning analysis blocks.
+Everything is validated before anything is changed: a schedule that fails leaves the model, the
+optimizer and a passed-in scheduler as they were.
 """
 from __future__ import annotations
 
@@ -18,13 +21,15 @@ import torch
 from torch import nn
 
 from . import config as cfg
-from .errors import ComponentArgError, ScheduleError, listing, suggest
+from .errors import ComponentArgError, CompressorError, ScheduleError, listing, suggest
 from .graph.example_input import ExampleInput, as_sample_shape, example_input_of, record_first_input, \
     set_example_input
 from .lr_schedulers import resume_position
 from .masks import normalize_name, unwrap
 from .policies import GatePolicy, LRPolicy, PruningPolicy, RegularizationPolicy
 from .pruners.autopruner import AutoPruner
+from .pruners.coupling import layer_facts
+from .pruners.selectors import SELECTORS, parse_selector
 from .registry import SECTIONS
 from .scheduler import CompressionScheduler
 
@@ -88,8 +93,42 @@ class _Locator:
         return ScheduleError(message, self.path, line, f"{self.component.key}.{key}")
 
 
-def resolve_args(component: cfg.Component, names: Sequence[str], loc: _Locator) -> Dict[str, Any]:
-    """The component's YAML args with name lists/dicts resolved to the model's parameter names."""
+def _item_error(component: cfg.Component, loc: _Locator, key: str, i: int, message: str) -> ScheduleError:
+    """An error located at item ``i`` of the list argument ``key`` (or at ``key`` for a string)."""
+    raw_list = component.raw.get(key)
+    if not isinstance(raw_list, list):
+        return loc.error(key, message)
+    return ScheduleError(message, loc.path, cfg.line_of(raw_list, i), f"{component.key}.{key}[{i}]")
+
+
+def _select(entry: str, names: Sequence[str], model: Optional[nn.Module],
+            group_type: Optional[str]) -> Optional[List[str]]:
+    """The names a selector entry (``thinnable``, ``thinnable:<pattern>``) stands for; None when
+    ``entry`` is not a selector. Raises ``ComponentArgError`` with the reason."""
+    parsed = parse_selector(entry)
+    if parsed is None:
+        return None
+    word, narrow = parsed
+    if entry in names or _plain(entry) in {_plain(n) for n in names}:
+        raise ComponentArgError("weights", f"'{entry}' is both a selector and a parameter of the "
+                                           f"model; write the parameter as 're:{entry}'")
+    if model is None:
+        raise ComponentArgError("weights", f"the '{word}' selector needs the model")
+    found = SELECTORS[word](model, group_type)
+    if narrow is not None:
+        found = match_names(narrow, found) if found else []
+    if not found:
+        what = f" matching '{narrow}'" if narrow is not None else ""
+        kind = f" for group_type {group_type}" if group_type is not None else ""
+        raise ComponentArgError("weights", f"'{entry}' selects no layer: the thinning analysis "
+                                           f"finds no thinnable layer{what}{kind}")
+    return found
+
+
+def resolve_args(component: cfg.Component, names: Sequence[str], loc: _Locator,
+                 model: Optional[nn.Module] = None, group_type: Optional[str] = None) -> Dict[str, Any]:
+    """The component's YAML args with name lists/dicts resolved to the model's parameter names
+    (``model`` and the component's ``group_type`` serve the selectors)."""
     args = dict(component.args)
     for key in NAME_LIST_ARGS:
         if key in args:
@@ -100,12 +139,14 @@ def resolve_args(component: cfg.Component, names: Sequence[str], loc: _Locator) 
                 raise loc.error(key, f"must be a non-empty list of weight names or patterns; got {cfg.short(value)}")
             resolved: List[str] = []
             for i, pattern in enumerate(value):
-                found = match_names(str(pattern), names)
+                try:
+                    found = _select(str(pattern), names, model, group_type)
+                except ComponentArgError as e:
+                    raise _item_error(component, loc, key, i, e.reason) from None
+                if found is None:
+                    found = match_names(str(pattern), names)
                 if not found:
-                    raw_list = component.raw.get(key)
-                    line = cfg.line_of(raw_list, i) if isinstance(raw_list, list) else None
-                    raise ScheduleError(_no_match(str(pattern), names), loc.path, line,
-                                        f"{component.key}.{key}[{i}]")
+                    raise _item_error(component, loc, key, i, _no_match(str(pattern), names))
                 resolved.extend(n for n in found if n not in resolved)
             args[key] = resolved
     for key in NAME_DICT_ARGS:
@@ -131,8 +172,13 @@ def construct(component: cfg.Component, path: Optional[str], params: Mapping[str
     """Instantiate a registered class from its YAML args, checking them against its signature."""
     cls = SECTIONS[component.section].get(component.class_name)
     loc = _Locator(path, component)
-    args = resolve_args(component, list(params), loc)
     sig = inspect.signature(cls.__init__)
+    group_type = component.args.get("group_type")
+    if group_type is None and "group_type" in sig.parameters:
+        default = sig.parameters["group_type"].default
+        group_type = default if isinstance(default, str) else None
+    args = resolve_args(component, list(params), loc, extra.get("model"),
+                        None if group_type is None else str(group_type))
     accepted = [p for p in list(sig.parameters.values())[1:]
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     injected = {"name", "model", "optimizer", "last_epoch"}
@@ -304,15 +350,65 @@ def _await_first_input(scheduler: CompressionScheduler, model: nn.Module) -> Non
     record_first_input(model, then)
 
 
+#: Thinning kinds that remove channels for their zero filters (``remove_channels`` reads inputs).
+_BY_FILTERS = ("remove_filters", "contract_model")
+
+
+def _thinning_reason(built: Mapping[Tuple[str, str], Any], thins: bool) -> Optional[str]:
+    """Why the schedule thins ("extension 'net_thinner' (remove_filters)"), or None."""
+    for (section, name), obj in built.items():
+        kind = getattr(obj, "thinning_func_str", None)
+        if section == "extensions" and kind in _BY_FILTERS:
+            return f"extension '{name}' ({kind})"
+    return "the run thins the model (thins=True, e.g. --thinnify)" if thins else None
+
+
+def _refuse_unthinnable(schedule: cfg.ScheduleConfig, built: Mapping[Tuple[str, str], Any],
+                        model: nn.Module, why: str) -> None:
+    """A filter (or neuron) pruner of a schedule that thins may not list a layer whose zero
+    filters thinning would refuse: say so now, located at the weight's entry, not after training.
+
+    Layers the analysis keeps quietly (the classifier: its channels are the model's output) pass.
+    When the graph cannot be analyzed yet (no example input: the first batch will give it, or an
+    untraceable model) nothing is checked here; thinning then says what is wrong.
+    """
+    facts = None
+    for (section, name), obj in built.items():
+        granularity = getattr(obj, "granularity", None)
+        if section != "pruners" or granularity is None or not granularity.along_outputs:
+            continue
+        if facts is None:
+            try:
+                facts = layer_facts(model)
+            except CompressorError:
+                return
+        for w in getattr(obj, "weights", []):
+            f = facts.get(w)
+            if f is None or not f.refused:
+                continue
+            component = schedule.components["pruners"][name]
+            loc = _Locator(schedule.path, component)
+            raw = component.args.get("weights")
+            entries = raw if isinstance(raw, list) else [raw]
+            # the entry that named it (a selector never does: it takes thinnable layers only)
+            i = next((k for k, e in enumerate(entries) if match_names(str(e), [w])), 0)
+            raise _item_error(component, loc, "weights", i,
+                              f"'{w}' cannot be thinned: {f.reason}; this schedule thins ({why}), "
+                              f"so its pruned filters could not be removed: leave {f.module} out of "
+                              f"weights, or select layers with 'weights: thinnable'")
+
+
 def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
           scheduler: Optional[CompressionScheduler] = None,
           resumed_epoch: Optional[int] = None,
-          example_input: ExampleInput = None) -> CompressionScheduler:
+          example_input: ExampleInput = None, thins: bool = False) -> CompressionScheduler:
     """Build (or extend) a CompressionScheduler from a parsed schedule.
 
     ``example_input`` (a batch tensor or the shape of one sample) or the schedule's top-level
     ``input_shape`` is recorded as the model's example input; with neither (and none recorded
-    before), the shape of the first batch the model sees is recorded when it comes.
+    before), the shape of the first batch the model sees is recorded when it comes. ``thins``:
+    the caller will thin the model (by filters) after the schedule, as a thinning extension
+    does; a filter pruner listing a layer that thinning would refuse is then refused now.
     """
     path = schedule.path
     params = dict(unwrap(model).named_parameters())
@@ -323,6 +419,9 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
     for section in ("pruners", "regularizers", "extensions"):
         for name, component in schedule.components[section].items():
             built[(section, name)] = construct(component, path, params, {"name": name, "model": model})
+    why = _thinning_reason(built, thins)
+    if why is not None:
+        _refuse_unthinnable(schedule, built, model, why)
 
     plan = []   # (policy, spec) in the order they will be added: LR policies last
     for spec in schedule.policies:
@@ -383,20 +482,23 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
 
 def dict_config(model: nn.Module, optimizer, sched_dict: Mapping, scheduler=None,
                 resumed_epoch: Optional[int] = None, path: Optional[str] = "<dict>",
-                example_input: ExampleInput = None) -> CompressionScheduler:
+                example_input: ExampleInput = None, thins: bool = False) -> CompressionScheduler:
     """Distiller's ``dict_config``: build a scheduler from an already-parsed schedule mapping."""
     return build(cfg.from_dict(sched_dict, path), model, optimizer, scheduler, resumed_epoch,
-                 example_input)
+                 example_input, thins)
 
 
 def file_config(model: nn.Module, optimizer, filename, scheduler=None,
                 resumed_epoch: Optional[int] = None,
-                example_input: ExampleInput = None) -> CompressionScheduler:
+                example_input: ExampleInput = None, thins: bool = False) -> CompressionScheduler:
     """Distiller's ``file_config``: read a YAML schedule and build its CompressionScheduler.
 
     ``scheduler`` (e.g. one restored from a checkpoint) gets the new policies added to it.
     ``resumed_epoch`` is the last completed epoch of a resumed run; LR schedulers then continue
     from there without moving the learning rate. ``example_input`` (a batch tensor or the shape
     of one sample) is the model's example input, as the schedule's top-level ``input_shape``.
+    ``thins``: the caller thins the model after the schedule (``--thinnify``); a filter pruner
+    listing a layer thinning would refuse is then refused now (see ``build``).
     """
-    return build(cfg.load(filename), model, optimizer, scheduler, resumed_epoch, example_input)
+    return build(cfg.load(filename), model, optimizer, scheduler, resumed_epoch, example_input,
+                 thins)

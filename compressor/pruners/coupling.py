@@ -6,6 +6,9 @@ Two questions, both answered from the model's graph:
   weight to the first one (Distiller). Without a dependency, filter pruning couples the
   convolutions whose outputs meet in a residual addition, or a depthwise convolution and its
   producer, as the graph layer (``compressor.graph.coupled_filter_groups``) reports them.
+- *Balanced cells*: filters that feed, or are, a grouped convolution are ranked within each of
+  its groups, so every group loses the same number (``compressor.graph.grouping``); thinning
+  removes a grouped convolution's channels only in equal numbers per group.
 - *Dependents* of a pruned output unit: the layer's bias entry and, for a convolution, the weight
   and bias of the batch norm that directly follows it. Masking them makes the pruned channel
   exactly zero, so the masked network computes what the thinned one will.
@@ -21,6 +24,7 @@ from torch import nn
 
 from ..errors import CompressorError
 from ..graph import NoExampleInputError, analyze_graph, conv_bn_pairs, example_input_of
+from ..graph.grouping import balanced_cells
 from ..masks import normalize_name, unwrap
 
 DEPENDENCIES = ("Leader", "Independent")
@@ -35,19 +39,25 @@ class Unit:
     #: For members coupled only in part (a depthwise conv after a concatenation): {member: the
     #: unit's structure position of each of its filters}; None when all members share positions.
     index: Optional[Dict[str, List[int]]] = None
+    #: For members whose filters feed or are a grouped convolution: the cell (group) of each
+    #: structure; the pruner prunes the same count in every cell. None: no such constraint.
+    cells: Optional[List[int]] = None
 
     def width(self, n_first: int) -> int:
         """The number of structures ranked together (``n_first``: the first member's count)."""
         return n_first if self.index is None else 1 + max(max(v) for v in self.index.values())
 
 
-# Per model: (parameter names and shapes, groups). Tracing and shape propagation take seconds, and
-# a schedule usually builds several pruners over one model; a changed model (thinned) misses.
+# Per model: (parameter names and shapes, (groups, classes, cells, layers)). Tracing and shape
+# propagation take seconds, and a schedule usually builds several pruners over one model (and the
+# builder's ``thinnable`` selector and thinning check read the same analysis); a changed model
+# (thinned) misses.
 _GROUPS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _coupling(model: nn.Module):
-    """(groups, partly coupled classes) from one analysis of the model's graph, cached."""
+    """(groups, partly coupled classes, balanced cells, layers) from one analysis of the model's
+    graph, cached; ``layers`` is ``_layers``'s."""
     inner = unwrap(model)
     example = example_input_of(model)
     signature = (example,) + tuple((n, tuple(p.shape)) for n, p in inner.named_parameters())
@@ -56,9 +66,41 @@ def _coupling(model: nn.Module):
         return cached[1]
     g = analyze_graph(inner, example)
     order = [n for n, _ in inner.named_parameters()]
-    found = (g.coupled_groups(order), g.coupled_classes(order))
+    found = (g.coupled_groups(order), g.coupled_classes(order), balanced_cells(g, order),
+             _layers(g))
     _GROUPS_CACHE[inner] = (signature, found)
     return found
+
+
+@dataclass(frozen=True)
+class LayerFacts:
+    """What the thinning analysis says of one producing layer (a conv or linear weight)."""
+    module: str
+    thinnable: bool            # the dry run lists it as thinnable (some output channel can go)
+    reason: Optional[str]      # why none of its output channels can go (None when thinnable)
+    refused: bool              # thinning would refuse its zero filters (a hard or dirty block),
+    #                            rather than keep them quietly (a soft block: the model's output)
+
+
+def _layers(g) -> Dict[str, LayerFacts]:
+    """{producer weight: its LayerFacts}, in the graph's producer order."""
+    thinnable, blocked, _ = g.layer_status()
+    ok = set(thinnable)
+    out: Dict[str, LayerFacts] = {}
+    for p in g.producers:
+        roots = g.roots(p.ids)
+        hard = next((g.hard.get(r) or g.dirty.get(r) for r in roots
+                     if g.hard.get(r) or g.dirty.get(r)), None)
+        refused = p.module not in ok and hard is not None
+        out.setdefault(p.weight, LayerFacts(p.module, p.module in ok,
+                                            hard if refused else blocked.get(p.module), refused))
+    return out
+
+
+def layer_facts(model: nn.Module) -> Dict[str, LayerFacts]:
+    """{weight: LayerFacts} of every producing layer, from the cached analysis of ``model``'s graph
+    (raises the graph's ``CompressorError`` when it cannot be traced or run)."""
+    return dict(_coupling(model)[3])
 
 
 def coupled_filter_groups(model: nn.Module) -> List[List[str]]:
@@ -75,10 +117,17 @@ def coupled_filter_classes(model: nn.Module) -> List[Dict[str, List[int]]]:
     return _copied(_coupling(model))[1]
 
 
+def balanced_filter_cells(model: nn.Module) -> Dict[str, List[int]]:
+    """{weight: the cell of each filter} for filters that must go in equal numbers per group of
+    a grouped convolution (``graph.grouping.balanced_cells``)."""
+    return _copied(_coupling(model))[2]
+
+
 def _copied(found) -> tuple:
-    """Copies of the cached (groups, classes), so callers cannot edit the cache."""
-    groups, classes = found
-    return [list(g) for g in groups], [{k: list(v) for k, v in c.items()} for c in classes]
+    """Copies of the cached (groups, classes, cells), so callers cannot edit the cache."""
+    groups, classes, cells = found[:3]
+    return ([list(g) for g in groups], [{k: list(v) for k, v in c.items()} for c in classes],
+            {k: list(v) for k, v in cells.items()})
 
 
 def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters: bool,
@@ -88,7 +137,8 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
 
     ``Leader``: one unit, ranked by the first weight alone. ``Independent``, or a granularity other
     than filters: one unit per weight. Otherwise (``couple_filters``) each listed weight joins its
-    coupled filter group, unlisted members included, ranked by the sum of all members' scores.
+    coupled filter group, unlisted members included, ranked by the sum of all members' scores,
+    and a unit whose filters feed or are a grouped convolution gets its ``cells``.
     With ``defer``, a model whose example input is not known yet and whose graph the usual image
     sizes do not run through gives None (the caller asks again once the input is known) instead
     of a warning and independent units.
@@ -96,18 +146,20 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
     weights = list(weights)
     if dependency == "Leader":
         return [Unit(weights, [weights[0]], weights[0])]
-    groups, classes = None, []
+    groups, classes, cells = None, [], {}
     if couple_filters and dependency is None and model is not None:
         try:
-            groups, classes = _copied(_coupling(model))   # one graph lookup for both
+            groups, classes, cells = _copied(_coupling(model))   # one graph lookup for all
         except CompressorError as e:
             if defer and isinstance(e, NoExampleInputError):   # the graph traced; no input yet
                 return None
             warnings.warn(f"filter coupling not found, listed weights are pruned independently: {e}",
                           stacklevel=3)
-    if not groups and not classes:
-        return [Unit([w], [w], w) for w in weights]
     by_norm = {normalize_name(n): n for n in param_order}
+    cells = {by_norm[normalize_name(str(n))]: c for n, c in cells.items()
+             if normalize_name(str(n)) in by_norm}
+    if not groups and not classes:
+        return [Unit([w], [w], w, cells=cells.get(w)) for w in weights]
     order = {n: i for i, n in enumerate(param_order)}
     units, done = [], set()
     for index in classes:   # groups coupled in part cover their identically coupled members too
@@ -136,7 +188,8 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
                     frontier.append(n)
         done |= members
         ordered = sorted(members, key=lambda n: order.get(n, len(order)))
-        units.append(Unit(ordered, ordered, w))
+        own = next((cells[m] for m in ordered if m in cells), None)   # members share classes
+        units.append(Unit(ordered, ordered, w, cells=own))
     return units
 
 

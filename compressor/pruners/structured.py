@@ -12,6 +12,12 @@ Count rule (Distiller's): k = rounding_fn(fraction * N) structures, rounded to a
 pruned, ties broken by position (Distiller's threshold over-pruned on ties). Structures already
 masked count towards k, so a schedule never overshoots its target.
 
+Grouped convolutions: thinning removes a grouped convolution's channels only in equal numbers per
+group. When a unit's filters feed or are one (``Unit.cells``, from the graph), the count rule is
+applied to each group's structures on its own, k_g = count(fraction, N / G), and the k_g lowest of
+every group are pruned: G * k_g in all, rounded down (with ``floor``) per group rather than over
+the whole layer, so every pruned filter can be thinned.
+
 Filter masks come with masks for the layer's bias entries and the following batch norm's weight and
 bias, and coupled layers share one mask (see ``coupling.py``), so thinning the masked network gives
 exactly the same function.
@@ -341,6 +347,9 @@ class RankedStructurePruner(Pruner):
     def select(self, unit: Unit, params, ctx: PruneContext, fraction: float, n: int
                ) -> Optional[torch.Tensor]:
         """Keep vector (bool, one per structure) for the unit, or None to leave it unchanged."""
+        cells = unit.cells if unit.cells is not None and len(unit.cells) == n else None
+        if cells is not None:
+            return self._select_per_cell(unit, params, ctx, fraction, n, torch.tensor(cells))
         k = structures_to_prune(fraction, n, self.group_size, self.rounding_fn)
         if k == 0:
             return None
@@ -350,6 +359,23 @@ class RankedStructurePruner(Pruner):
         order = torch.sort(scores, stable=True).indices
         keep = torch.ones(n, dtype=torch.bool)
         keep[order[:k]] = False
+        return keep
+
+    def _select_per_cell(self, unit: Unit, params, ctx: PruneContext, fraction: float, n: int,
+                         cells: torch.Tensor) -> Optional[torch.Tensor]:
+        """The count rule and the ranking within each cell (a group of a grouped convolution)."""
+        n_cells = int(cells.max()) + 1
+        k = structures_to_prune(fraction, n // n_cells, self.group_size, self.rounding_fn)
+        if k == 0:
+            return None
+        scores = self.unit_scores(unit, params, ctx, n)
+        if scores is None:
+            return None
+        keep = torch.ones(n, dtype=torch.bool)
+        for c in range(n_cells):
+            members = (cells == c).nonzero().flatten()
+            order = torch.sort(scores[members], stable=True).indices
+            keep[members[order[:k]]] = False
         return keep
 
     def member_mask(self, keep: torch.Tensor, shape, ctx: PruneContext) -> torch.Tensor:
