@@ -30,7 +30,11 @@ setup(
         "onnx": ["onnx>=1.14"],                   # --export-onnx
         # benchmarks/bench_reach.py: every torchvision classifier, beside Torch-Pruning
         "reach": ["torchvision>=0.16", "torch-pruning>=1.4"],
-        "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0", "pillow>=9", "matplotlib>=3.5"],
+        # Hugging Face models (BERT, Llama-style) thinned block by block; gguf reads GGUF weights.
+        # transformers does not require torch, so it never replaces the torch installed here.
+        "hf": ["transformers>=5.0", "gguf>=0.10"],
+        "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0", "pillow>=9", "matplotlib>=3.5",
+                 "transformers>=5.0"],
     },
     entry_points={"console_scripts": [
         "compress-classifier=compressor_apps.compress_classifier:main",
