@@ -94,9 +94,11 @@ def build_model(name: str) -> Tuple[nn.Module, torch.Tensor]:
     if name in extra:
         return extra[name]()
     import torchvision
+    # GoogLeNet and Inception-v3 without the auxiliary heads that only training uses
+    kwargs = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # GoogLeNet / Inception's init-weights FutureWarning
-        model = torchvision.models.get_model(name).eval()
+        model = torchvision.models.get_model(name, **kwargs).eval()
     s = input_size(name)
     return model, torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(1))
 
@@ -150,30 +152,28 @@ def first_output(out: Any) -> torch.Tensor:
 def conv_linear_layers(model: nn.Module, example: torch.Tensor) -> Tuple[List[str], Optional[str]]:
     """(conv/linear layers the eval forward uses, the classifier).
 
-    A layer is used when it or a module holding it is called (``nn.MultiheadAttention`` reads its
-    ``out_proj`` weight without calling it; GoogLeNet's auxiliary heads are never called in eval
-    mode). The classifier is the last conv/linear layer called."""
+    A layer is used when its weight gets a gradient from the output: that counts the weights a
+    module reads without calling the layer (``nn.MultiheadAttention``'s ``out_proj``, Swin's
+    ``F.linear(x, self.qkv.weight)``) and leaves out what eval mode skips. The classifier is the
+    last conv/linear layer the forward calls."""
     names = {m: n for n, m in model.named_modules()}
+    kinds = (nn.Conv2d, nn.Linear)
     called: List[str] = []
     hooks = [m.register_forward_pre_hook(lambda mod, _args: called.append(names[mod]))
-             for m in model.modules()]
+             for m in model.modules() if isinstance(m, kinds)]
+    grads = {p: p.grad for p in model.parameters()}
     try:
-        with torch.no_grad():
-            model(example)
+        for p in grads:
+            p.grad = None
+        with torch.enable_grad():
+            first_output(model(example)).float().sum().backward()
+        layers = [n for n, m in model.named_modules()
+                  if isinstance(m, kinds) and m.weight.grad is not None]
     finally:
         for h in hooks:
             h.remove()
-    seen = set(called)
-
-    def used(name: str) -> bool:
-        if name in seen:
-            return True
-        parent = name.rpartition(".")[0]
-        holder = model.get_submodule(parent)
-        return parent in seen and type(holder).__module__.startswith("torch.nn")
-
-    layers = [n for n, m in model.named_modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear)) and used(n)]
+        for p, g in grads.items():
+            p.grad = g
     called_layers = [c for c in called if c in layers]
     return layers, (called_layers[-1] if called_layers else None)
 
@@ -335,16 +335,21 @@ def measure_tp(model: nn.Module, example: torch.Tensor, *, latency_budget: float
         with torch.no_grad():
             shape = first_output(model(example)).shape
         ignored = [model.get_submodule(classifier)] if classifier else []
+        # Torch-Pruning's own recipe for attention: keep the embedding divisible by the heads
+        heads = {m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             stage(where := "build pruner")
             t0 = time.perf_counter()
             pruner = tp.pruner.MetaPruner(model, example,
                                           importance=tp.importance.MagnitudeImportance(p=1),
-                                          pruning_ratio=FRACTION, ignored_layers=ignored)
+                                          pruning_ratio=FRACTION, ignored_layers=ignored,
+                                          round_to=max(heads) if heads else None)
             stage(where := "step")
             pruner.step()
             row["tp_s"] = time.perf_counter() - t0
+        if hasattr(model, "hidden_dim") and hasattr(model, "conv_proj"):
+            model.hidden_dim = model.conv_proj.out_channels    # torchvision's ViT reads it
         model.eval()
         stage(where := "forward")
         with torch.no_grad():

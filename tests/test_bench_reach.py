@@ -33,19 +33,22 @@ class TinyNet(nn.Module):
 
 
 class WithAttention(nn.Module):
-    """An attention block (its out_proj is read, never called) and an auxiliary head never called
-    in eval mode, like torchvision's ViT and GoogLeNet."""
+    """An attention block (its out_proj is read, never called), a layer whose weight the forward
+    reads with F.linear (Swin's qkv) and an auxiliary head never called in eval mode, like
+    torchvision's ViT, Swin and GoogLeNet."""
 
     def __init__(self):
         super().__init__()
         self.proj = nn.Linear(4, 8)
         self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.qkv = nn.Linear(8, 8)
         self.aux = nn.Linear(8, 3)
         self.head = nn.Linear(8, 3)
 
     def forward(self, x):
         h = self.proj(x)
         h = self.attn(h, h, h, need_weights=False)[0]
+        h = nn.functional.linear(h, self.qkv.weight, self.qkv.bias)
         if self.training:
             return self.aux(h)
         return self.head(h.mean(1))
@@ -107,7 +110,7 @@ def test_layers_counted_are_those_the_eval_forward_uses_and_the_classifier_is_th
     model = WithAttention().eval()
     layers, classifier = br.conv_linear_layers(model, torch.randn(1, 5, 4))
     assert classifier == "head"
-    assert sorted(layers) == ["attn.out_proj", "head", "proj"]
+    assert sorted(layers) == ["attn.out_proj", "head", "proj", "qkv"]
 
 
 def test_summary_counts_full_reach_and_agreement_with_torch_pruning():
