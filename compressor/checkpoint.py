@@ -60,19 +60,22 @@ def save_checkpoint(path: str, model: nn.Module, optimizer=None, scheduler=None,
     try:
         atomic_write(path, lambda f: torch.save(ckpt, f))   # removes its temporary file on failure
     except (OSError, RuntimeError) as e:
-        cause = _os_error_in(e)
+        if _cause_in(e, KeyboardInterrupt) is not None:   # Ctrl-C inside torch's writer
+            raise KeyboardInterrupt from None
+        cause = _cause_in(e, OSError)
         if cause is None:
             raise
         raise CheckpointWriteError(path, cause) from None
     return path
 
 
-def _os_error_in(error: BaseException) -> Optional[OSError]:
-    """The OSError behind ``error``: torch's zip writer turns a failed write into a RuntimeError
-    ("unexpected pos ...") whose context is the OSError (ENOSPC, EDQUOT, EIO ...)."""
+def _cause_in(error: Optional[BaseException], kind: type) -> Optional[BaseException]:
+    """The ``kind`` exception behind ``error``: torch's zip writer turns a failed write into a
+    RuntimeError ("unexpected pos ...") whose context is what the file raised: an OSError
+    (ENOSPC, EDQUOT, EIO ...) or a KeyboardInterrupt."""
     seen = 0
     while error is not None and seen < 8:
-        if isinstance(error, OSError):
+        if isinstance(error, kind):
             return error
         error, seen = error.__cause__ or error.__context__, seen + 1
     return None

@@ -1,6 +1,7 @@
 """The app's epoch loop: train, validate, rank, checkpoint; stop cleanly on SIGINT/SIGTERM."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,12 +28,16 @@ log = logging.getLogger("compressor.app")
 
 
 class StopFlag:
-    """Set by the first SIGINT or SIGTERM; polled after every step (a second Ctrl-C aborts)."""
+    """Set by the first SIGINT or SIGTERM; polled after every step. A second Ctrl-C aborts, except
+    while a checkpoint is being written (``writing``): then the write finishes first, so the run
+    folder never holds a half-written file and the abort is one line, not a traceback."""
 
     def __init__(self, distributed: bool):
         self.signum: Optional[int] = None
         self.distributed = distributed
         self._old = {}
+        self._writing = False
+        self._abort = False   # a second Ctrl-C came while writing
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,8 +51,23 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
+            if self._writing:
+                self._abort = True
+                return
             raise KeyboardInterrupt
         self.signum = signum
+
+    @contextlib.contextmanager
+    def writing(self, abort_after: bool = True):
+        """Hold a second Ctrl-C until the block ends; then abort (``abort_after``) or go on (the
+        run is stopping anyway)."""
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+        if self._abort and abort_after:
+            raise KeyboardInterrupt
 
     def __call__(self) -> bool:
         flag = self.signum is not None
@@ -80,6 +100,7 @@ class Loop:
     best: BestScores
     metrics_rows: List[dict] = field(default_factory=list)
     distributed: bool = False
+    _stop: Optional[StopFlag] = field(default=None, init=False, repr=False)   # set by run()
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -126,6 +147,7 @@ class Loop:
         of the first epoch were trained before a stop, with running sums ``meters``."""
         bar = use_bar(self.config.no_progress_bar) and self.run_dir is not None
         with StopFlag(self.distributed) as stop:
+            self._stop = stop
             for epoch in range(start_epoch, self.epochs):
                 if hasattr(self.train_loader, "set_epoch"):
                     self.train_loader.set_epoch(epoch)
@@ -140,14 +162,16 @@ class Loop:
                 stats = self.train_one(epoch, bar, stop, skip if resuming else 0,
                                        meters if resuming else None)
                 if stats.next_minibatch is not None:
-                    path = self.save(epoch - 1, self.extras(
-                        resume_epoch=epoch, resume_minibatch=stats.next_minibatch,
-                        resume_batch_size=self.config.batch_size,
-                        resume_samples=stats.next_minibatch * self.config.batch_size,
-                        resume_meters=stats.meter_state))
-                    name = signal.Signals(stop.signum).name
-                    log.warning("Stopped by %s at epoch %d, minibatch %d; saved %s. Resume with "
-                                "--resume-from %s", name, epoch, stats.next_minibatch, path, path)
+                    with stop.writing(abort_after=False):   # stopping anyway: let it finish
+                        path = self.save(epoch - 1, self.extras(
+                            resume_epoch=epoch, resume_minibatch=stats.next_minibatch,
+                            resume_batch_size=self.config.batch_size,
+                            resume_samples=stats.next_minibatch * self.config.batch_size,
+                            resume_meters=stats.meter_state))
+                    if path is not None:   # only rank 0 writes, so only it names the file
+                        log.warning("Stopped by %s at epoch %d, minibatch %d; saved %s. Resume "
+                                    "with --resume-from %s", signal.Signals(stop.signum).name,
+                                    epoch, stats.next_minibatch, path, path)
                     return 128 + stop.signum
                 self.end_epoch(epoch, stats)
         return 0
@@ -227,13 +251,14 @@ class Loop:
             "epoch_seconds": stats.seconds + val.seconds})
         if self.run_dir is None:
             return
-        summary.to_csv(pd.DataFrame(self.metrics_rows), os.path.join(self.run_dir, "metrics.csv"))
-        path = self.save(epoch, self.extras(current_top1=val.top1))
-        log.info("Saving checkpoint to: %s", path)
-        if is_best:
-            tmp = os.path.join(self.run_dir, ".best.tmp")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, os.path.join(self.run_dir, "best.pth.tar"))
+        with self._stop.writing() if self._stop is not None else contextlib.nullcontext():
+            summary.to_csv(pd.DataFrame(self.metrics_rows), os.path.join(self.run_dir, "metrics.csv"))
+            path = self.save(epoch, self.extras(current_top1=val.top1))
+            log.info("Saving checkpoint to: %s", path)
+            if is_best:
+                tmp = os.path.join(self.run_dir, ".best.tmp")
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, os.path.join(self.run_dir, "best.pth.tar"))
 
     def test(self, num_classes=None) -> EpochStats:
         log.info("--- test ---------------------")
