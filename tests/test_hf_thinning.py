@@ -132,3 +132,45 @@ def test_hf_model_needs_token_ids_as_example_input():
     with pytest.raises(ThinningError, match=r"cannot thin BertModel block by block without an "
                                             r"example input tensor: pass input ids"):
         analyze(bert(), (3, 32, 32))
+
+
+def test_llama_saved_loads_with_from_pretrained(tmp_path):
+    from compressor.hf import save_thinned
+    m = llama()
+    prune(m, neurons=0.3, heads=0.5)
+    ref = out(m)
+    contract_model(m, IDS)
+    saved = save_thinned(m, str(tmp_path))
+    assert saved.loads_with == "from_pretrained" and saved.widths["num_key_value_heads"] == [1, 1]
+    back = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float64).eval()
+    assert (back.config.intermediate_size, back.config.num_attention_heads,
+            back.config.num_key_value_heads, back.config.head_dim) == (25, 2, 1, 6)
+    assert_same_function(out(back), ref)
+
+
+def test_bert_without_heads_loads_with_load_thinned(tmp_path):
+    """BertConfig derives the head size from hidden_size / num_attention_heads: a BERT that lost
+    heads keeps its dense config and loads by replaying its recipes; from_pretrained refuses it."""
+    from compressor.hf import load_thinned, save_thinned
+    m = bert()
+    prune(m)
+    ref = out(m)
+    contract_model(m, IDS)
+    saved = save_thinned(m, str(tmp_path))
+    assert saved.loads_with == "load_thinned" and "derives the head size" in saved.reason
+    assert_same_function(out(load_thinned(str(tmp_path)).double()), ref)
+    with pytest.raises(Exception, match="mismatch"):
+        transformers.BertModel.from_pretrained(str(tmp_path))
+
+
+def test_uneven_layer_widths_are_said_and_still_load(tmp_path):
+    from compressor.hf import load_thinned, save_thinned
+    m = llama()
+    with torch.no_grad():
+        m.model.layers[0].mlp.down_proj.weight[:, :5] = 0    # layer 0 only
+    ref = out(m)
+    contract_model(m, IDS)
+    saved = save_thinned(m, str(tmp_path))
+    assert saved.loads_with == "load_thinned"
+    assert saved.reason.startswith("the layers have different widths (intermediate_size [31, 36])")
+    assert_same_function(out(load_thinned(str(tmp_path)).double()), ref)
