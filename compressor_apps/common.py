@@ -87,6 +87,27 @@ def setup_logging(verbose: bool, logfile: Optional[str] = None, quiet: bool = Fa
         log.warning("Warning: %s", pending_warnings.pop(0))
 
 
+def close_log_file() -> None:
+    """Stop logging to the run folder's ``run.log`` (before removing the folder); the console
+    keeps its handler."""
+    root = logging.getLogger("compressor")
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
+def reports_error(error: BaseException) -> bool:
+    """Whether this process prints ``error``: always in a single process; under torchrun rank 0
+    alone, unless the error is this rank's own (marked ``rank_local``: its share of the data),
+    since every rank finds the same mistake in the same flags, schedule and checkpoint."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        rank = 0
+    return rank == 0 or bool(getattr(error, "rank_local", False))
+
+
 def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     if config.optimizer == "adam":

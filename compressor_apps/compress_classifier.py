@@ -24,8 +24,8 @@ from compressor.distributed import ElasticDDP, init_from_env
 from compressor.errors import CompressorError, OptimizerMismatchError
 from compressor.scheduler import CompressionScheduler
 from .best import BestScores
-from .common import (choose_seed, make_optimizer, make_run_dir, pick_device, seed_everything,
-                     setup_logging)
+from .common import (choose_seed, make_optimizer, make_run_dir, pick_device, reports_error,
+                     seed_everything, setup_logging)
 from .epochs import Loop
 from .kd import KDConfig, add_distillation_policy, build_distillation_policy
 from .modes import export_onnx, reinitialize, run_summaries, scratch_epochs, sensitivity, thinnify
@@ -185,7 +185,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return run(RunConfig.from_args(args), KDConfig.from_args(args))
     except CompressorError as e:
-        sys.stderr.write(f"{parser.prog}: error: {e}\n")
+        if reports_error(e):   # under torchrun, rank 0 alone for what every rank finds
+            sys.stderr.write(f"{parser.prog}: error: {e}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{parser.prog}: interrupted; the last complete epoch's checkpoint is in "

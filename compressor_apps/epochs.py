@@ -18,9 +18,11 @@ from compressor import checkpoint as ckpt_io
 from compressor import summary
 from compressor.activations import ActivationStatsCollector
 from compressor.distributed import broadcast_masks, reduce_meter_state, reduce_mean, reduce_sum_tensor
+from compressor.data import DatasetError
+from compressor.errors import CompressorError, NonFiniteLossError
 from compressor.training import EpochStats, evaluate, train_epoch
 from .best import BestScores
-from .common import table, weight_stats
+from .common import close_log_file, table, weight_stats
 from .progress import Progress, use_bar
 from .run_config import RunConfig
 
@@ -101,6 +103,7 @@ class Loop:
     metrics_rows: List[dict] = field(default_factory=list)
     distributed: bool = False
     _stop: Optional[StopFlag] = field(default=None, init=False, repr=False)   # set by run()
+    _saved: bool = field(default=False, init=False, repr=False)   # a checkpoint was written
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -127,6 +130,7 @@ class Loop:
         if self.run_dir is None:
             return None
         path = os.path.join(self.run_dir, "checkpoint.pth.tar")
+        self._saved = True   # from here on the run folder is kept, whatever happens
         ckpt_io.save_checkpoint(path, self.model, self.optimizer, self.scheduler,
                                 arch=self.config.arch, dataset=self.dataset, epoch=epoch, extras=extras)
         return path
@@ -144,7 +148,26 @@ class Loop:
     # -- the loop ------------------------------------------------------------------------------
     def run(self, start_epoch: int, skip: int = 0, meters: Optional[dict] = None) -> int:
         """Train epochs start_epoch .. self.epochs-1; returns the exit code. ``skip`` minibatches
-        of the first epoch were trained before a stop, with running sums ``meters``."""
+        of the first epoch were trained before a stop, with running sums ``meters``.
+
+        A bad sample (an image that does not decode) is found only when it is read; if that
+        happens before the first checkpoint, the run folder holds nothing worth keeping and is
+        removed, so a failed start leaves nothing behind. Errors here may be one rank's own
+        (its share of the data): they are marked ``rank_local`` so that every rank reports them;
+        a non-finite loss is seen by all ranks at once and reported by rank 0 alone.
+        """
+        try:
+            return self._run(start_epoch, skip, meters)
+        except NonFiniteLossError:
+            raise
+        except CompressorError as e:
+            e.rank_local = True
+            if isinstance(e, DatasetError) and self.run_dir is not None and not self._saved:
+                close_log_file()
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
+    def _run(self, start_epoch: int, skip: int, meters: Optional[dict]) -> int:
         bar = use_bar(self.config.no_progress_bar) and self.run_dir is not None
         with StopFlag(self.distributed) as stop:
             self._stop = stop

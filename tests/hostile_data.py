@@ -128,4 +128,7 @@ def make_bad_data(d) -> dict:
     for f in (empty / "train" / "dog").iterdir():
         f.unlink()
     out["folder_empty_class"] = empty
+    # every file is named .png but holds text: found only when a batch is decoded, mid-run
+    out["folder_bad_images"] = class_folders(d / "folder_bad_images", ["cat", "dog"], images=2,
+                                             content=b"not a png")
     return {k: str(v) for k, v in out.items()}
