@@ -272,3 +272,161 @@ def test_fixed_group_size_and_fixed_split_are_refused_with_the_op():
     assert "Tensor.view" in blocked["a"]
     blocked = layers_blocked(FixedSplit(), (3, 8, 8))
     assert "Tensor.split" in blocked["a"] and "fixed sizes [3, 5]" in blocked["a"]
+
+
+# ---- parameters read directly: ConvNeXt's layer scale, ViT's class token and position embedding --
+
+class Permute(nn.Module):
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return torch.permute(x, self.dims)
+
+
+class CNBlockLike(nn.Module):
+    """ConvNeXt's block (its LayerNorm replaced by a batch norm, see the LayerNorm tests)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(c, c, 7, padding=3, groups=c), nn.BatchNorm2d(c),
+                                   Permute([0, 2, 3, 1]), nn.Linear(c, 4 * c), nn.GELU(),
+                                   nn.Linear(4 * c, c), Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.stochastic_depth = StochasticDepth(0.1, "row")
+
+    def forward(self, x):
+        result = self.layer_scale * self.block(x)
+        return self.stochastic_depth(result) + x
+
+
+class ConvNeXtLike(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 2, 2), nn.BatchNorm2d(c))
+        self.blocks = nn.Sequential(CNBlockLike(c), CNBlockLike(c))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 5))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def test_layer_scale_is_sliced_with_its_channels():
+    torch.manual_seed(0)
+    model = ConvNeXtLike()
+    assert list(analyze(model, (3, 8, 8)).blocked) == ["head.2"]
+    result = thin_and_compare(model, (3, 8, 8), frac=0.4, seed=2)
+    c = model.stem[0].out_channels
+    assert c < 8 and "blocks.1.block.5" in result.removed
+    assert model.blocks[0].layer_scale.shape == (c, 1, 1)
+    kinds = result.typed_recipe.tensors["blocks.0.layer_scale"].ops
+    assert [o.dim for o in kinds] == [0]
+
+
+def test_layer_scale_mask_and_optimizer_state_are_sliced_and_the_recipe_replays():
+    from compressor.masks import MaskStore
+    torch.manual_seed(0)
+    model = ConvNeXtLike().eval()
+    randomize_bn(model)
+    masks = zero_structures(model, (3, 8, 8), 0.4, seed=2)
+    masks["blocks.0.layer_scale"] = torch.ones_like(model.blocks[0].layer_scale)
+    store = MaskStore(model)
+    for name, m in masks.items():
+        store.set(name, m)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        contract_model(model, (3, 8, 8), optimizer=opt, store=store)
+    scale = model.blocks[0].layer_scale
+    assert store.masks["blocks.0.layer_scale"].shape == scale.shape
+    assert opt.state[scale]["exp_avg"].shape == scale.shape
+    fresh = ConvNeXtLike()
+    replay(fresh, [Recipe.from_dict(r.to_dict()) for r in recipes_of(model)])
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.blocks[1].layer_scale.shape == model.blocks[1].layer_scale.shape
+
+
+class ViTLike(nn.Module):
+    """torchvision's VisionTransformer input path: patches, reshape to the width its attribute
+    holds, class token joined along the tokens, position embedding added (an MLP stands in for
+    the encoder, whose LayerNorm and attention are other tests' subject)."""
+
+    def __init__(self, c=8, patch=4, image=8, zero=()):
+        super().__init__()
+        self.hidden_dim, self.patch_size = c, patch
+        self.conv_proj = nn.Conv2d(3, c, patch, patch)
+        self.class_token = nn.Parameter(torch.rand(1, 1, c))
+        self.pos_embedding = nn.Parameter(torch.rand(1, (image // patch) ** 2 + 1, c))
+        with torch.no_grad():   # channels whose entries are zero, as a pruner would leave them
+            for k in zero:
+                self.class_token[..., k] = 0
+                self.pos_embedding[..., k] = 0
+        self.mlp = nn.Sequential(nn.Linear(c, 16), nn.GELU(), nn.Linear(16, c))
+        self.head = nn.Linear(c, 5)
+
+    def _process_input(self, x):
+        n, _, h, w = x.shape
+        p = self.patch_size
+        x = self.conv_proj(x)
+        x = x.reshape(n, self.hidden_dim, (h // p) * (w // p))
+        return x.permute(0, 2, 1)
+
+    def forward(self, x):
+        x = self._process_input(x)
+        n = x.shape[0]
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+        x = x + self.pos_embedding
+        x = x + self.mlp(x)
+        return self.head(x[:, 0])
+
+
+def test_class_token_position_embedding_and_width_attribute_thin_exactly():
+    torch.manual_seed(0)
+    model = ViTLike(zero=(0, 2, 3, 5, 6))
+    report = analyze(model, (3, 8, 8))
+    assert list(report.blocked) == ["head"]
+    assert "joins 'class_token', not zero" in report.partial["conv_proj"]   # non-zero channels
+    result = thin_and_compare(model, (3, 8, 8), frac=0.6, seed=3)
+    c = model.conv_proj.out_channels
+    assert c < 8 and model.hidden_dim == c
+    assert model.pos_embedding.shape == (1, 5, c) and model.class_token.shape == (1, 1, c)
+    assert result.typed_recipe.modules[""].attrs == {"hidden_dim": c}
+    assert [o.dim for o in result.typed_recipe.tensors["pos_embedding"].ops] == [2]
+
+
+def test_added_parameter_keeps_non_zero_channels_unless_no_layer_reads_them():
+    """Entries that are not zero make the channel non-zero: removal by zero filters is refused
+    (it would change the function), removal of channels no layer reads is still exact."""
+    torch.manual_seed(0)
+    model = ViTLike().eval()
+    with torch.no_grad():   # every filter of channel 1 is zero
+        model.conv_proj.weight[1] = 0
+        model.conv_proj.bias[1] = 0
+        model.mlp[2].weight[1] = 0
+        model.mlp[2].bias[1] = 0
+        model.class_token[..., 1] = 0   # only the position embedding is not zero there
+    with pytest.raises(ThinningError, match=r"cannot thin conv_proj: .*adds 'pos_embedding', not "
+                                            r"zero for this channel \(zero its entries"):
+        from compressor.thinning import remove_filters
+        remove_filters(model, (3, 8, 8))
+    with torch.no_grad():   # now no layer reads channel 1
+        model.mlp[0].weight[:, 1] = 0
+        model.head.weight[:, 1] = 0
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    result = remove_channels(model, (3, 8, 8))
+    assert result.removed["conv_proj"] == (1, 8)
+    with torch.no_grad():
+        assert_same_function(model(x), ref)
+
+
+def test_width_attribute_ambiguous_or_missing_is_refused_with_the_op():
+    model = ViTLike()
+    model.other_width = 8   # two attributes hold 8: which one is the width is not known
+    blocked = analyze(model, (3, 8, 8)).blocked
+    assert "Tensor.reshape has the fixed size 8 at the channel dimension" in blocked["conv_proj"]
+    assert "one integer attribute of 'the model'" in blocked["conv_proj"]

@@ -40,7 +40,7 @@ from .function_rules import FUNCTION_RULES, METHOD_RULES, NAMED_FUNCTION_RULES, 
 from .module_rules import rule_for
 from .nodes import node_shape, nodes_in, qualified_name, target_name, where
 from .optables import SHAPE_QUERIES
-from .records import ChannelGraph, ChannelInfo, ChannelTuple, Producer
+from .records import ChannelGraph, ChannelInfo, ChannelTuple, ParamSlice, Producer
 from .shapes import ExampleInput, propagate_shapes
 from .trace import TraceError, trace
 
@@ -64,6 +64,7 @@ class Analyzer:
             if node.op == "call_module":
                 self.calls[node.target] = self.calls.get(node.target, 0) + 1
         self.shared = self._shared_params()
+        self._tensors: Optional[Dict[str, torch.Tensor]] = None
 
     def _shared_params(self) -> Dict[str, str]:
         seen: Dict[int, str] = {}
@@ -77,6 +78,28 @@ class Analyzer:
                     f"its parameter '{other}' is shared with '{name}'"
             seen.setdefault(id(p), name)
         return shared
+
+    def tensor(self, name: str) -> Optional[torch.Tensor]:
+        """The model's parameter or buffer ``name`` (a get_attr target), or None."""
+        if self._tensors is None:
+            self._tensors = dict(self.model.named_parameters())
+            self._tensors.update(dict(self.model.named_buffers()))
+        return self._tensors.get(name)
+
+    def slice_param(self, name: str, dim: int, ids: List[int]) -> bool:
+        """Record that tensor ``name`` is sliced along ``dim`` with the channels ``ids``; a tensor
+        met again must meet channels of the same count on the same dim (they are then coupled).
+        False when it does not (the caller blocks the channels)."""
+        for rec in self.g.params:
+            if rec.tensor == name:
+                if rec.dim != dim or len(rec.ids) != len(ids):
+                    self.hard_ids(rec.ids, f"tensor '{name}' meets channels on two dims")
+                    return False
+                for i, j in zip(rec.ids, ids):
+                    self.g.uf.union(i, j)
+                return True
+        self.g.params.append(ParamSlice(name, dim, list(ids)))
+        return True
 
     # -- primitives for rules -------------------------------------------------------------------
     def hard(self, info: Optional[ChannelInfo], reason: str) -> None:

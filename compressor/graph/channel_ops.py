@@ -13,7 +13,8 @@ import math
 import torch
 from typing import TYPE_CHECKING, Optional, Tuple
 
-from .records import ChannelInfo
+from .nodes import module_path
+from .records import ChannelInfo, WidthAttr
 
 if TYPE_CHECKING:
     from .analyzer import Analyzer
@@ -80,10 +81,13 @@ def reshape(an: "Analyzer", node, info, in_shape, out_shape, what) -> Optional[C
     cdim, factor = new
     if sizes is not None and cdim < len(sizes):
         s = sizes[cdim]
-        if isinstance(s, int) and s != -1:
+        if isinstance(s, int) and s != -1 and not width_attribute(an, node, info, s, factor):
             return an.mixing(node, info, f"{what} has the fixed size {s} at the channel "
                                            f"dimension (use x.flatten(1) or "
-                                           f"x.view(x.size(0), -1), which follow thinning)")
+                                           f"x.view(x.size(0), -1), which follow thinning, or "
+                                           f"keep the width in one integer attribute of "
+                                           f"'{module_path(node) or 'the model'}', which "
+                                           f"thinning updates)")
     if factor == 1:
         return info.with_(cdim=cdim)
     ids = [i for i in info.ids for _ in range(factor)]
@@ -161,3 +165,29 @@ def split_channels(an: "Analyzer", node, info, out_shape, sizes, j, what) -> Opt
         dirty = [next((info.dirty[a * B + k] for a in range(A) if info.dirty[a * B + k]), None)
                  for k in range(B)]
     return ChannelInfo(ids[:B], j + 1, dirty)
+
+
+def width_attribute(an: "Analyzer", node, info, size: int, factor: int) -> bool:
+    """A literal channel size in a reshape that a module attribute holds (torchvision ViT's
+    ``x.reshape(n, self.hidden_dim, n_h * n_w)``: the traced graph sees 768): when exactly one
+    public integer attribute of the module whose forward holds the reshape equals the size, that
+    attribute is the width, and thinning sets it to the channels kept (``WidthAttr``). Several
+    or none: False (the caller refuses, naming the op)."""
+    if factor != 1:
+        return False
+    path = module_path(node)
+    try:
+        mod = an.model.get_submodule(path) if path else an.model
+    except AttributeError:
+        return False
+    names = [k for k, v in vars(mod).items() if type(v) is int and v == size and
+             not k.startswith("_") and k != "training"]
+    if len(names) != 1:
+        return False
+    for w in an.g.widths:   # the same width read twice: both places keep the same channels
+        if (w.module, w.attr) == (path, names[0]) and len(w.ids) == len(info.ids):
+            for i, j in zip(w.ids, info.ids):
+                an.g.uf.union(i, j)
+            return True
+    an.g.widths.append(WidthAttr(path, names[0], list(info.ids)))
+    return True

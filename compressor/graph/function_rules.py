@@ -91,6 +91,51 @@ def _operand(an: "Analyzer", a):
     return None, None, True, None
 
 
+# Methods a directly read parameter may go through and still be that parameter, broadcast
+# (ViT's ``self.class_token.expand(n, -1, -1)``).
+_SAME_TENSOR = {"expand", "expand_as", "contiguous", "clone", "to", "type", "float", "double",
+                "half", "bfloat16", "detach"}
+
+
+def param_source(an: "Analyzer", node) -> Optional[str]:
+    """The name of the parameter or buffer ``node`` reads directly (a get_attr, possibly through
+    ``expand``, ``contiguous`` ...), else None."""
+    while isinstance(node, torch.fx.Node):
+        if node.op == "get_attr":
+            return node.target if an.tensor(node.target) is not None else None
+        if node.op != "call_method" or node.target not in _SAME_TENSOR or not node.args:
+            return None
+        node = node.args[0]
+    return None
+
+
+def param_channels(an: "Analyzer", node, other, other_shape, od: int, info: ChannelInfo,
+                   verb: Optional[str], what: str) -> Optional[List[Optional[str]]]:
+    """``other`` (of ``other_shape``, channel dim ``od``) is a parameter read directly with one
+    entry per channel of ``info`` (ConvNeXt's ``layer_scale``, ViT's ``pos_embedding`` or class
+    token): record it to be sliced with the channels (``ParamSlice``) and return the dirty reasons
+    of the result. Multiplying keeps a zero channel zero; adding makes it the parameter's entry,
+    so a channel whose entries are not all zero is dirty (removing it by its zero filters would
+    change the function), one whose entries are zero is not (``verb``: how the op puts the
+    parameter into the channel, 'adds' or 'joins'; None for a product). None: not such a
+    parameter."""
+    name = param_source(an, other)
+    t = an.tensor(name) if name is not None else None
+    if t is None:
+        return None
+    pdim = od - (len(other_shape) - t.dim())
+    n = len(info.ids)
+    if pdim < 0 or t.shape[pdim] != n or not an.slice_param(name, pdim, info.ids):
+        return None
+    dirty = list(info.dirty or [None] * n)
+    if verb:
+        nonzero = t.detach().ne(0).movedim(pdim, 0).reshape(n, -1).any(dim=1).tolist()
+        reason = (f"{what} {verb} '{name}', not zero for this channel (zero its entries with the "
+                  f"channel's filters, or remove the channel where no layer reads it)")
+        dirty = [d or (reason if z else None) for d, z in zip(dirty, nonzero)]
+    return dirty
+
+
 def arith(an: "Analyzer", node, op: str) -> Optional[ChannelInfo]:
     if len(node.args) < 2:
         return an.fallback(node, target_name(node.target))
@@ -147,8 +192,12 @@ def arith(an: "Analyzer", node, op: str) -> Optional[ChannelInfo]:
     if not other_scalar and other_shape is not None:
         od = cdim - (R - len(other_shape))
         if od >= 0 and other_shape[od] != 1:
-            return an.mixing(node, info, f"{what} with a per-channel tensor that is not "
-                                           f"followed")
+            dirty = param_channels(an, node, b if info is ia else a, other_shape, od, info,
+                                   "adds" if op in ("add", "sub") else None, what)
+            if dirty is None:
+                return an.mixing(node, info, f"{what} with a per-channel tensor that is not "
+                                               f"followed")
+            return an.inplace(node, a, info.with_(cdim=cdim, dirty=dirty))
     out = info.with_(cdim=cdim)
     if op in ("add", "sub") and not (other_scalar and other_value == 0):
         out = out.dirtied(f"{what} adds a value to a removed (zero) channel")
@@ -182,13 +231,20 @@ def cat(an: "Analyzer", node) -> Optional[ChannelInfo]:
                 ids.extend(i.ids)
                 dirty.extend(i.dirty or [None] * len(i.ids))
         return ChannelInfo(ids, cdim, dirty)
+    first = tracked[0]
+    dirty = [None] * len(first.ids)
+    for t, i in zip(tensors, infos):   # a parameter joined along the tokens: sliced along
+        if i is None and isinstance(t, torch.fx.Node) and node_shape(t) is not None:
+            d = param_channels(an, node, t, node_shape(t), cdim, first, "joins", what)
+            if d is not None:
+                dirty = [x or y for x, y in zip(dirty, d)]
+                infos = [first if u is t else v for u, v in zip(tensors, infos)]
+    tracked = [i for i in infos if i is not None]
     if len(tracked) != len(infos) or len({len(i.ids) for i in tracked}) != 1:
         return an.mixing(node, tracked[0], f"{what} joins tensors whose channels differ")
-    first = tracked[0]
     for other in tracked[1:]:
         for i, j in zip(first.ids, other.ids):
             an.g.uf.union(i, j)
-    dirty = [None] * len(first.ids)
     for i in tracked:
         if i.dirty:
             dirty = [d or e for d, e in zip(dirty, i.dirty)]

@@ -35,6 +35,14 @@ def where(node: torch.fx.Node) -> str:
     return "the model's forward"
 
 
+def module_path(node: torch.fx.Node) -> str:
+    """The path of the module whose forward holds ``node`` ('' for the model's own forward)."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    return str(list(stack.values())[-1][0] or "") if stack else ""
+
+
 def target_name(target: Any) -> str:
     """``F.relu``, ``torch.cat``, ``operator.add``, ``Tensor.view``: a target as users write it."""
     if isinstance(target, str):

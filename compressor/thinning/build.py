@@ -113,6 +113,14 @@ def build_recipe(plan: "Plan", model: nn.Module) -> ThinningResult:
                      for j in range(c.groups)]
             op(c.weight, SliceOp(c.in_dim, local, c.groups))
             attrs(c.module)[c.attr] = len(keep)
+    for ps in graph.params:   # parameters read directly (layer scale, position embedding ...)
+        keep = _kept(graph, ps.ids, removed)
+        if len(keep) != len(ps.ids):
+            op(ps.tensor, SliceOp(ps.dim, keep))
+    for w in graph.widths:    # widths the forward reads from module attributes
+        keep = _kept(graph, w.ids, removed)
+        if len(keep) != len(w.ids):
+            attrs(w.module)[w.attr] = len(keep)
     selections: Dict[str, Selection] = {}
     for f in graph.followers:
         keep = _kept(graph, f.ids, removed)
