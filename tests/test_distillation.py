@@ -128,3 +128,177 @@ def test_resume_with_kd_on_equals_an_uninterrupted_run(float64, features):
     resumed, _, _ = _kd_run(4, start=2, state=state, features=features)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def _teacher_checkpoint(tmp_path, arch="simplenet_v2_mnist", thin=False, **kwargs):
+    """A checkpoint of a zoo network (thinned by removing half of conv2's filters, on request)."""
+    torch.manual_seed(3)
+    model = models.create_model(arch, **kwargs)
+    if thin:
+        with torch.no_grad():
+            model.conv2.weight[::2] = 0
+            model.conv2.bias[::2] = 0
+        compressor.thinning.remove_filters(model, (1, 28, 28))
+        assert model.conv2.weight.shape[0] == 25
+    path = str(tmp_path / f"{arch}{'_thin' if thin else ''}.pth.tar")
+    ckpt_io.save_checkpoint(path, model, arch=arch, dataset="mnist")
+    return path, model
+
+
+def _mnist_batches(n=2, batch=8, seed=0):
+    return make_batches(n, batch=batch, seed=seed, shape=(1, 28, 28))
+
+
+@pytest.mark.parametrize("thin_teacher", [False, True])
+def test_a_yaml_schedule_prunes_thins_and_distills_in_one_run(tmp_path, thin_teacher):
+    path, teacher_model = _teacher_checkpoint(tmp_path, thin=thin_teacher)
+    torch.manual_seed(0)
+    student = models.create_model("simplenet_v2_mnist")
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
+    sched = compressor.dict_config(student, opt, {
+        "pruners": {"f": {"class": "L1RankedStructureParameterPruner", "desired_sparsity": 0.5,
+                          "group_type": "Filters", "weights": ["conv1.weight"]}},
+        "extensions": {
+            "thin": {"class": "FilterRemover", "thinning_func_str": "remove_filters",
+                     "dataset": "mnist"},
+            "kd": {"class": "KnowledgeDistillationPolicy", "teacher_checkpoint": path,
+                   "temperature": 2.0, "distill_weight": 0.7, "student_weight": 0.3,
+                   "features": {"conv1": "conv1"}, "dataset": "mnist"}},
+        "policies": [{"extension": {"instance_name": "kd"}, "starting_epoch": 0,
+                      "ending_epoch": 3, "frequency": 1},
+                     {"pruner": {"instance_name": "f"}, "epochs": [0]},
+                     {"extension": {"instance_name": "thin"}, "epochs": [1]}]})
+    policy = next(p for p in sched.ordered if isinstance(p, KnowledgeDistillationPolicy))
+    assert policy.teacher.conv2.weight.shape[0] == (25 if thin_teacher else 50)   # recipe replayed
+    teacher_state = copy.deepcopy(policy.teacher.state_dict())
+    proj = []   # the projection after each step, once there is one
+
+    def keep(epoch, i):
+        if "conv1" in policy.features.projections:
+            proj.append(policy.features.projections["conv1"].weight.detach().clone())
+
+    logged = train(student, opt, sched, lambda e: _mnist_batches(seed=e), epochs=3, after_step=keep)
+    assert student.conv1.weight.shape[0] == 10                     # thinned at epoch 1
+    assert [c.name for c in logged[-1]] == [DISTILL_LOSS, "Feature Loss"]
+    # 20 = 20 channels needed no projection; after thinning one maps 10 -> 20, and it trains
+    assert len(proj) == 4 and proj[-1].shape[:2] == (20, 10) and not torch.equal(proj[-1], proj[-2])
+    for k, v in policy.teacher.state_dict().items():
+        assert torch.equal(v, teacher_state[k]), k
+
+
+def test_the_projection_follows_thinning_of_the_student_layer(tmp_path):
+    torch.manual_seed(0)
+    student, teacher = models.create_model("simplenet_v2_mnist"), models.create_model("simplenet_v2_mnist")
+    opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    policy = KnowledgeDistillationPolicy(student, teacher, features={"conv2": "conv2"})
+    sched = compressor.CompressionScheduler(student)
+    sched.add_policy(policy, epochs=[0, 1])
+    train(student, opt, sched, _mnist_batches(1), epochs=[0])
+    assert "conv2" not in policy.features.projections            # same width: no projection
+    with torch.no_grad():
+        student.conv2.weight[1::2] = 0
+        student.conv2.bias[1::2] = 0
+    compressor.thinning.remove_filters(student, (1, 28, 28), optimizer=opt)
+    train(student, opt, sched, _mnist_batches(1), epochs=[1])
+    assert policy.features.projections["conv2"].weight.shape[:2] == (50, 25)
+
+
+def test_a_thinned_student_keeps_distilling_with_a_projection_made_before_thinning():
+    torch.manual_seed(0)
+    student, teacher = TinyNet(), TinyNet()
+    opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    policy = KnowledgeDistillationPolicy(student, teacher, features={"conv2": "conv1"})
+    sched = compressor.CompressionScheduler(student)
+    sched.add_policy(policy, epochs=[0, 1])
+    train(student, opt, sched, make_batches(1), epochs=[0])
+    before = policy.features.projections["conv2"].weight.detach().clone()   # 16 -> 8
+    with torch.no_grad():
+        student.conv2.weight[:4] = 0
+        student.conv2.bias[:4] = 0
+    compressor.thinning.remove_filters(student, (1, 8, 8), optimizer=opt)
+    train(student, opt, sched, make_batches(1), epochs=[1], after_step=lambda e, i: None)
+    after = policy.features.projections["conv2"].weight
+    assert after.shape[:2] == (8, 12)
+    # the kept columns were the projection's columns 4..15 (then one SGD step)
+    assert torch.allclose(after.detach(), before[:, 4:], atol=0.05)
+
+
+def test_distillation_needs_the_student_forward_between_minibatch_begin_and_backward():
+    student, teacher = TinyNet(), TinyNet()
+    sched = compressor.CompressionScheduler(student)
+    sched.add_policy(KnowledgeDistillationPolicy(student, teacher), epochs=[0])
+    (x, y), = make_batches(1)
+    loss = F.cross_entropy(student(x), y)   # no on_minibatch_begin before the forward
+    with pytest.raises(DistillationError, match=r"saw no training forward pass of the student in "
+                                                r"this minibatch: call scheduler.on_minibatch_begin"):
+        sched.before_backward_pass(0, 0, 1, loss)
+
+
+# -- user errors -------------------------------------------------------------------------------
+class FiveClasses(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 8), 1))
+
+
+def test_a_teacher_with_other_classes_is_refused_in_the_library():
+    with pytest.raises(ComponentArgError, match=r"teacher: the teacher \(FiveClasses\) outputs 5 "
+                                                r"classes, the student \(TinyNet\) 10 classes"):
+        KnowledgeDistillationPolicy(TinyNet(), FiveClasses(), input_shape=[1, 8, 8])
+    policy = KnowledgeDistillationPolicy(TinyNet(), FiveClasses())   # no shape known: first batch
+    sched = compressor.CompressionScheduler(policy.student)
+    sched.add_policy(policy, epochs=[0])
+    with pytest.raises(DistillationError, match=r"teacher's logits have shape \[8, 5\], the "
+                                                r"student's \[8, 10\]"):
+        train(policy.student, torch.optim.SGD(policy.student.parameters(), lr=0.1), sched,
+              make_batches(1), epochs=1)
+
+
+def _kd_yaml(write_yaml, **args):
+    lines = "\n".join(f"    {k}: {v}" for k, v in args.items())
+    return write_yaml(f"version: 1\nextensions:\n  kd:\n    class: KnowledgeDistillationPolicy\n"
+                      f"{lines}\npolicies:\n  - extension:\n      instance_name: kd\n    epochs: [0]\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"teacher": "lenet5", "temperature": 0}, r"kd\.temperature: must be a finite number > 0; got 0"),
+    ({"teacher": "lenet5", "temperature": ".nan"}, r"kd\.temperature: must be a finite number; got nan"),
+    ({"teacher": "lenet5", "distill_weight": -0.5}, r"kd\.distill_weight: must be a finite number >= 0; got -0\.5"),
+    ({"teacher": "lenet5", "student_weight": ".inf"}, r"kd\.student_weight: must be a finite number; got inf"),
+    ({"teacher": "lenet5", "teacher_weight": 0.2}, r"kd\.teacher_weight: must be 0: training the teacher is not implemented"),
+    ({"teacher": "lenet5", "distill_weight": 0, "student_weight": 0}, r"both 0: nothing would be trained"),
+    ({"teacher_checkpoint": "no/such.pth.tar"}, r"kd\.teacher_checkpoint: teacher checkpoint not found: no/such\.pth\.tar"),
+    ({"temperature": 2}, r"kd\.teacher: needs a teacher: an architecture name"),
+    ({"teacher": "lenet_300_100", "features": "{conv1: conv1}"}, r"kd\.features\.conv1: the teacher has no layer 'conv1'"),
+])
+def test_each_yaml_error_names_the_file_line_and_key(write_yaml, args, message):
+    path = _kd_yaml(write_yaml, **args)
+    model = models.create_model("lenet5")
+    with pytest.raises(ScheduleError, match=message) as e:
+        compressor.file_config(model, torch.optim.SGD(model.parameters(), lr=0.1), path)
+    assert str(e.value).startswith(f"{path}:") and "\n" not in str(e.value)
+
+
+def test_a_yaml_teacher_with_other_classes_is_refused_with_its_location(write_yaml, tmp_path):
+    path, _ = _teacher_checkpoint(tmp_path, arch="simplenet_v2_mnist", num_classes=7)
+    sched = _kd_yaml(write_yaml, teacher_checkpoint=path, dataset="mnist")
+    model = models.create_model("simplenet_v2_mnist")
+    with pytest.raises(ScheduleError, match=r"kd\.teacher: .*simplenet_v2_mnist\.pth\.tar: the "
+                                            r"teacher's classifier fc\.weight has 7 outputs, where "
+                                            r"simplenet_v2_mnist predicts 10 classes"):
+        compressor.file_config(model, torch.optim.SGD(model.parameters(), lr=0.1), sched)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": float("nan")}, r"temperature: must be a finite number > 0; got nan"),
+    ({"temperature": -1.0}, r"temperature: must be a finite number > 0; got -1\.0"),
+    ({"distill_weight": float("inf")}, r"distill_weight: must be a finite number >= 0; got inf"),
+    ({"loss_weights": DistillationLossWeights(0.5, 0.5, 1.0)}, r"teacher_weight: must be 0"),
+    ({"loss_weights": {"soft": 1.0}}, r"loss_weights\.soft: unknown weight; valid: distill, student, teacher"),
+])
+def test_each_library_error_names_the_argument(kwargs, message):
+    with pytest.raises(ComponentArgError, match=message):
+        KnowledgeDistillationPolicy(TinyNet(), TinyNet(), **kwargs)

@@ -53,11 +53,26 @@ def load_teacher(arch: Optional[str] = None, checkpoint: Optional[str] = None,
         raise DistillationError("a teacher needs an architecture name or a checkpoint")
     teacher = models.create_model(arch, dataset, pretrained=pretrained and ckpt is None)
     if ckpt is not None:
+        _check_classifier(teacher, ckpt, checkpoint, str(arch))
         ckpt_io.restore(ckpt, teacher, arch=str(arch).lower() if ckpt.get("arch") else None,
                         path=checkpoint)
     if device is not None:
         teacher.to(device)
     return freeze(teacher)
+
+
+def _check_classifier(teacher: nn.Module, ckpt, path: str, arch: str) -> None:
+    """``DistillationError`` when the checkpoint's last weight (the classifier) has another number
+    of outputs than the zoo network it is loaded into: a teacher trained for other classes."""
+    weights = [(k, v) for k, v in teacher.state_dict().items() if k.endswith("weight") and v.dim() >= 2]
+    if not weights:
+        return
+    key, own = weights[-1]
+    saved = ckpt["state_dict"].get(key, ckpt["state_dict"].get(f"module.{key}"))
+    if isinstance(saved, torch.Tensor) and saved.dim() == own.dim() and saved.shape[0] != own.shape[0]:
+        raise DistillationError(f"{path}: the teacher's classifier {key} has {saved.shape[0]} "
+                                f"outputs, where {arch} predicts {own.shape[0]} classes; the "
+                                f"teacher must predict the student's classes")
 
 
 def output_width(model: nn.Module, sample_shape: Sequence[int]) -> Tuple[int, ...]:
