@@ -174,3 +174,37 @@ def test_uneven_layer_widths_are_said_and_still_load(tmp_path):
     assert saved.loads_with == "load_thinned"
     assert saved.reason.startswith("the layers have different widths (intermediate_size [31, 36])")
     assert_same_function(out(load_thinned(str(tmp_path)).double()), ref)
+
+
+def test_yaml_schedule_prunes_heads_and_neurons_then_thins_exactly(write_yaml):
+    """AttentionHeadPruner / MLPNeuronPruner named from YAML: after one epoch's pruning event the
+    masked model thins to the same function, one kv group and 30% of neurons fewer per layer."""
+    import compressor
+    m = llama(heads=4, kv=2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    path = write_yaml("""
+pruners:
+  heads: {class: AttentionHeadPruner, desired_sparsity: 0.5}
+  neurons: {class: MLPNeuronPruner, desired_sparsity: 0.3}
+policies:
+  - {pruner: {instance_name: heads}, epochs: [0]}
+  - {pruner: {instance_name: neurons}, epochs: [0]}
+""")
+    sched = compressor.file_config(m, opt, str(path))
+    sched.on_epoch_begin(0, opt)
+    ref = out(m)
+    contract_model(m, IDS, store=sched)
+    assert_same_function(out(m), ref)
+    mlp, att = m.model.layers[1].mlp, m.model.layers[1].self_attn
+    assert (mlp.up_proj.out_features, att.k_proj.out_features) == (25, 6)
+
+
+def test_head_pruner_argument_errors(write_yaml):
+    import compressor
+    from compressor.errors import ScheduleError
+    m = llama()
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    path = write_yaml("pruners:\n  h: {class: AttentionHeadPruner, desired_sparsity: 1.5}\n"
+                      "policies:\n  - {pruner: {instance_name: h}, epochs: [0]}\n")
+    with pytest.raises(ScheduleError, match=r"desired_sparsity.*must be a number in \[0, 1\)"):
+        compressor.file_config(m, opt, str(path))

@@ -196,9 +196,13 @@ def analyze_blocks(model: nn.Module, example_input: Any = None) -> ChannelGraph:
     """The channel graph of ``model`` captured block by block (see the module docstring).
 
     ``example_input``: input ids (a LongTensor of shape (batch, tokens)), or a dict of keyword
-    inputs; None uses 8 tokens of id 1."""
+    inputs; a sample shape ``(tokens,)`` (what ``record_first_input`` keeps) or None uses that
+    many (8) tokens of id 1 (only shapes matter for the analysis)."""
     if example_input is None:
-        example_input = torch.ones(1, 8, dtype=torch.long)
+        example_input = (8,)
+    if isinstance(example_input, (tuple, list)) and len(example_input) == 1 and \
+            isinstance(example_input[0], int) and example_input[0] > 0:
+        example_input = torch.ones(1, example_input[0], dtype=torch.long)
     if not isinstance(example_input, (torch.Tensor, dict)):
         raise ThinningError(f"cannot thin {type(model).__name__} block by block without an example "
                             f"input tensor: pass input ids of shape (batch, tokens), not "

@@ -9,6 +9,7 @@ from .autopruner import AutoPruner, ChannelGate
 from .nm_sparsity import NMSparsityPruner, nm_mask
 from .slimming import NetworkSlimmingPruner
 from .splicing import SplicingPruner
+from .heads import AttentionHeadPruner, MLPNeuronPruner
 from .structured import (AGPTarget, FixedTarget, RandomLevelTarget, RankedStructurePruner,
                          structures_to_prune)
 from .structured_names import (ActivationAPoZRankedFilterPruner, ActivationAPoZRankedFilterPruner_AGP,

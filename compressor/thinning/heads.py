@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Optional, Set
 import torch
 from torch import nn
 
-from ..graph import ChannelGraph
+from ..graph import ChannelGraph, Producer
 from ..graph.attention import find_heads
 
 
@@ -95,6 +95,19 @@ def class_masks(graph: ChannelGraph, model: nn.Module, fraction: float,
         if c.kind == "dense":
             cut(c.weight, c.in_dim, graph.roots(c.ids))
     return masks
+
+
+def class_params(graph: ChannelGraph, readers: Iterable[str]) -> List[str]:
+    """The weights and biases ``class_masks`` may mask for the classes ``readers`` read."""
+    readers = set(readers)
+    roots = {r for c in graph.consumers if c.kind == "dense" and c.module in readers
+             for r in graph.roots(c.ids) if graph.filter_block(r) is None}
+    names: List[str] = []
+    for rec in list(graph.producers) + list(graph.consumers):
+        if any(r in roots for r in graph.roots(rec.ids)):
+            extra = [rec.bias] if isinstance(rec, Producer) and rec.bias else []
+            names.extend(n for n in [rec.weight, *extra] if n not in names)
+    return names
 
 
 def apply_masks(model: nn.Module, masks: Dict[str, torch.Tensor]) -> None:
