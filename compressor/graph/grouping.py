@@ -5,7 +5,8 @@ channels from each group of its output channels, and of its input channels (``th
 keeps extra zero channels until the counts balance). A pruner that zeroes filters without knowing
 this wastes them: a group loses only as many channels as its least-pruned group. ``balanced_cells``
 tells the pruner, per producing layer, which of its output channels fall in the same group of each
-grouped convolution they feed or are, so it can prune the same count from every group.
+grouped convolution they feed or are, so it can prune the same count from every group. Tensors that
+``torch.chunk`` cuts into equal parts along channels are balanced the same way.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from .records import ChannelGraph
 
 
 def _grouped_records(graph: ChannelGraph):
-    """(channel classes in position order, groups) for each grouped conv's outputs and inputs."""
-    for rec in list(graph.producers) + list(graph.consumers):
+    """(channel classes in position order, groups) for each grouped conv's outputs and inputs,
+    and each tensor cut into equal parts (``Balanced``: ``torch.chunk`` along channels)."""
+    records = list(graph.producers) + list(graph.consumers) + list(getattr(graph, "balanced", []))
+    for rec in records:
         if rec.kind == "grouped" and rec.groups > 1 and len(rec.ids) % rec.groups == 0:
             yield graph.roots(rec.ids), rec.groups
 
@@ -30,7 +33,7 @@ def balanced_cells(graph: ChannelGraph, order: Sequence[str] = ()) -> Dict[str, 
     A producer is constrained by a grouped convolution (as its output or its input) whose channel
     classes are exactly the producer's own: channel ``i`` falls in the group of its class there.
     The cells are the common refinement of all such constraints (the tuple of group numbers per
-    channel, numbered in order of first appearance). Cells of unequal sizes (constraints that do
+    channel, numbered in sorted order, so layers under the same constraints number them alike). Cells of unequal sizes (constraints that do
     not nest, or channels that repeat a class) give no entry, nor do channels shared with other
     layers in a concatenation: there the producer alone cannot balance the groups, and thinning
     balances them as before. ``order`` (parameter names) only orders the result.
@@ -38,7 +41,11 @@ def balanced_cells(graph: ChannelGraph, order: Sequence[str] = ()) -> Dict[str, 
     group_of: List[Dict[int, int]] = []   # per grouped record: class root -> its group number
     for roots, groups in _grouped_records(graph):
         per = len(roots) // groups
-        group_of.append({r: i // per for i, r in enumerate(roots)})
+        mapping: Dict[int, int] = {}
+        # a class may sit at several places (a channel shuffle couples them): fine while all
+        # are in one group, else no producer can balance that record by itself
+        if all(mapping.setdefault(r, i // per) == i // per for i, r in enumerate(roots)):
+            group_of.append(mapping)
     if not group_of:
         return {}
     out: Dict[str, List[int]] = {}
@@ -53,8 +60,8 @@ def balanced_cells(graph: ChannelGraph, order: Sequence[str] = ()) -> Dict[str, 
                 keys = [k + (mapping[r],) for k, r in zip(keys, roots)]
         if not keys or not keys[0]:
             continue
-        number: Dict[tuple, int] = {}
-        cells = [number.setdefault(k, len(number)) for k in keys]
+        number = {k: i for i, k in enumerate(sorted(set(keys)))}   # the same for every layer
+        cells = [number[k] for k in keys]                          # under the same constraints
         if len(number) > 1 and len(set(Counter(cells).values())) == 1:
             out[p.weight] = cells
     rank = {n: i for i, n in enumerate(order)}

@@ -169,7 +169,8 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
         if not listed or len(real) != len(index):
             continue
         ordered = sorted(real, key=lambda n: order.get(n, len(order)))
-        units.append(Unit(ordered, ordered, listed[0], {n: real[n] for n in ordered}))
+        index = {n: real[n] for n in ordered}
+        units.append(Unit(ordered, ordered, listed[0], index, _position_cells(index, cells)))
         done |= set(real)
     groups = groups or []
     partner: Dict[str, set] = {}
@@ -191,6 +192,24 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
         own = next((cells[m] for m in ordered if m in cells), None)   # members share classes
         units.append(Unit(ordered, ordered, w, cells=own))
     return units
+
+
+def _position_cells(index: Dict[str, List[int]], cells: Dict[str, List[int]]
+                    ) -> Optional[List[int]]:
+    """The cell of each structure position of a unit coupled in part, from its members' cells;
+    None unless every position gets one cell, consistently, and the cells are equal in size."""
+    width = 1 + max(max(v) for v in index.values())
+    out: List[Optional[int]] = [None] * width
+    for m, positions in index.items():
+        for pos, c in zip(positions, cells.get(m, [])):
+            if out[pos] is None:
+                out[pos] = c
+            elif out[pos] != c:
+                return None
+    if any(c is None for c in out):
+        return None
+    sizes = [out.count(c) for c in set(out)]
+    return out if len(sizes) > 1 and len(set(sizes)) == 1 else None   # type: ignore[return-value]
 
 
 def dependents(model: nn.Module, weight_names: Sequence[str], with_batchnorm: bool = True

@@ -324,7 +324,7 @@ class RankedStructurePruner(Pruner):
             if s is not None and s.numel() == width:   # statistics of another width are stale
                 s = s.detach().float().reshape(-1).cpu()
                 if unit.index is not None:   # each filter adds to its structure's score
-                    s = torch.zeros(n).index_add_(0, torch.tensor(unit.index[m]), s)
+                    s = torch.zeros(n, dtype=s.dtype).index_add_(0, torch.tensor(unit.index[m]), s)
                 total = s if total is None else total + s
         if total is None:
             return None
