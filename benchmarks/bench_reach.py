@@ -68,6 +68,7 @@ QUICK_MODELS = ["alexnet", "resnet18", "resnext50_32x4d", "mobilenet_v2", "mobil
                 "squeezenet1_1", "googlenet", "densenet121", "swin_t", "vit_b_32"]
 LATENCY_BATCHES = (1, 32)
 RESULT_TAG = "RESULT "
+PARTIAL_TAG = "PARTIAL "     # the row so far, printed before the latency is timed
 STAGE_TAG = "STAGE "
 
 
@@ -218,6 +219,12 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:240]
 
 
+def partial(row: Dict[str, Any]) -> None:
+    """In a child process, the row without latency: a time limit hit while timing keeps it."""
+    if os.environ.get("BENCH_REACH_CHILD"):
+        print(PARTIAL_TAG + json.dumps(row), flush=True)
+
+
 # ----------------------------------------------------------------------------- compressor
 def schedule(convs: Sequence[str], linears: Sequence[str], sample_shape: Sequence[int]) -> dict:
     """The schedule a user writes: 30% of the filters of the convolutions and of the output
@@ -303,6 +310,7 @@ def measure_ours(model: nn.Module, example: torch.Tensor, *, latency_budget: flo
         row["ours"] = "PASS" if err <= EXACT_BOUND else f"FAIL (not exact): relative error {err:.2g}"
 
         stage(where := "latency")
+        partial(row)
         row.update(latency_ratios(model, small, example, latency_budget, max_forward))
     except Exception as e:    # a model our code cannot handle is a row, not the end of the run
         row["ours"] = f"FAIL ({where}): {first_line(e)}"
@@ -329,8 +337,8 @@ def measure_tp(model: nn.Module, example: torch.Tensor, *, latency_budget: float
                            "tp_lat_b32": None, "tp_lat_b32_rounds": 0}
     where = "setup"
     try:
-        dense = copy.deepcopy(model)
         _, classifier = conv_linear_layers(model, example)
+        dense = copy.deepcopy(model)
         p0, m0 = n_params(model), n_macs(model, example)
         with torch.no_grad():
             shape = first_output(model(example)).shape
@@ -360,6 +368,7 @@ def measure_tp(model: nn.Module, example: torch.Tensor, *, latency_budget: float
         row["tp_macs_ratio"] = n_macs(model, example) / m0 if m0 else None
         row["tp"] = "PASS"
         stage(where := "latency")
+        partial(row)
         lat = latency_ratios(dense, model, example, latency_budget, max_forward)
         row.update({"tp_" + k: v for k, v in lat.items()})
     except Exception as e:
@@ -396,7 +405,7 @@ def run_child(name: str, tool: str, args: argparse.Namespace) -> Dict[str, Any]:
            "--threads", str(args.threads), "--latency-budget", str(args.latency_budget),
            "--max-forward", str(args.max_forward)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, BENCH_REACH_CHILD="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
@@ -404,7 +413,12 @@ def run_child(name: str, tool: str, args: argparse.Namespace) -> Dict[str, Any]:
         stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
         stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        stages = [ln[len(STAGE_TAG):] for ln in stdout.splitlines() if ln.startswith(STAGE_TAG)]
+        lines = stdout.splitlines()
+        stages = [ln[len(STAGE_TAG):] for ln in lines if ln.startswith(STAGE_TAG)]
+        rows = [json.loads(ln[len(PARTIAL_TAG):]) for ln in lines if ln.startswith(PARTIAL_TAG)]
+        if rows:    # pruned and measured; only the latency ran out of time
+            rows[-1][f"{key}_note"] = f"{key} latency not timed: over the {timeout:g} s limit"
+            return rows[-1]
         return {key: f"FAIL (timeout): over {timeout:g} s (in {stages[-1] if stages else 'start'})"}
     for line in stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -485,7 +499,7 @@ def summary(rows: Sequence[Dict[str, Any]], tp_ran: bool) -> List[str]:
                          f"{median([r['tp_params_ratio'] for r in both]):.3f}; "
                          f"|compressor - TP| <= 0.03 on {len(close)} of {len(both)}")
     else:
-        lines.append("- Torch-Pruning: not installed (optional; `pip install torch-pruning`)")
+        lines.append("- Torch-Pruning: not run (--no-tp, or not installed: `pip install torch-pruning`)")
     return lines
 
 
@@ -493,6 +507,7 @@ def render(rows: Sequence[Dict[str, Any]], tp_ran: bool, notes: Sequence[str]) -
     out = [md_table([h for _, h in COLUMNS], [cells(r) for r in rows]), "", "Summary:", ""]
     out += summary(rows, tp_ran)
     out += [f"- note: {n}" for n in notes]
+    out += [f"- note: {r['model']}: {r[k]}" for r in rows for k in ("ours_note", "tp_note") if r.get(k)]
     return "\n".join(out)
 
 
@@ -549,10 +564,10 @@ def parser() -> argparse.ArgumentParser:
                    "rewritten after every model")
     p.add_argument("--no-tp", action="store_true", help="leave Torch-Pruning out")
     p.add_argument("--tp-timeout", type=float, default=60.0, help="seconds per Torch-Pruning model")
-    p.add_argument("--tp-memory-gb", type=float, default=8.0,
+    p.add_argument("--tp-memory-gb", type=float, default=12.0,
                    help="address-space limit of a Torch-Pruning child process")
     p.add_argument("--ours-timeout", type=float, default=900.0, help="seconds per compressor model")
-    p.add_argument("--ours-memory-gb", type=float, default=16.0,
+    p.add_argument("--ours-memory-gb", type=float, default=20.0,
                    help="address-space limit of a compressor child process")
     p.add_argument("--latency-budget", type=float, default=3.0,
                    help="seconds of timing per batch size (sets the rounds N, 3..15)")
