@@ -1,8 +1,9 @@
 """Reach: how much of every torchvision classifier compressor thins exactly, beside Torch-Pruning.
 
 Per model (all of ``torchvision.models.list_models(module=torchvision.models)`` by default, random
-weights drawn after ``torch.manual_seed(0)``, eval mode; input 64x64, 96x96 for inception_v3,
-224x224 for the ViTs and MaxViT, whose position embeddings or windows fix the size):
+weights drawn after ``torch.manual_seed(0)``, eval mode, GoogLeNet and Inception-v3 without
+their training-only auxiliary heads; input 64x64, 96x96 for inception_v3, 224x224 for the ViTs and
+MaxViT, whose position embeddings or windows fix the size):
 
 * **compressor**, as a user would: the dry run (``compressor.thinning.analyze``) lists the
   thinnable layers; one schedule with two ``L1RankedStructureParameterPruner``s at 30% (``Filters``
@@ -13,13 +14,15 @@ weights drawn after ``torch.manual_seed(0)``, eval mode; input 64x64, 96x96 for 
   ``tests/helpers/exact.py`` (relative error <= 1e-9 of the output's scale). The thinned model is
   turned back into float32 for the sizes and the latency.
 * **Torch-Pruning** (when importable): ``MetaPruner``, ``MagnitudeImportance(p=1)``,
-  ``pruning_ratio=0.3``, the classifier ignored, one ``step()``, on the same weights. PASS = it ran
-  and the output shape is right (Torch-Pruning's pruning is not exact by design). Each model runs
-  in its own process with a time limit and an address-space limit (``resource.setrlimit``), since
-  its dependency graph can run away (tens of GB on Swin).
+  ``pruning_ratio=0.3``, the classifier ignored, one ``step()``, on the same weights; for models
+  with ``nn.MultiheadAttention`` its own ViT recipe (``round_to`` the head count, ``hidden_dim``
+  set after the step). PASS = it ran and the output shape is right (Torch-Pruning's pruning is not
+  exact by design). Each model runs in its own process with a time limit and an address-space
+  limit (``resource.setrlimit``), since its dependency graph can run away (tens of GB on Swin).
 
-Columns: layers thinned (output width went down) / conv+linear layers the eval forward uses,
-the classifier (the last conv/linear layer the forward calls) excluded; parameter and MAC ratios
+Columns: layers thinned (output width went down) / conv+linear layers the eval forward uses (their
+weight gets a gradient from the output), the classifier (the last conv/linear layer the forward
+calls) excluded; parameter and MAC ratios
 after/before (MACs: ``compressor.summary.model_performance_summary``, convolutions and linear
 layers called as modules, the same counter for both tools); thinning seconds (analysis + pruner
 build + masks + ``contract_model`` for compressor; ``MetaPruner`` + ``step()`` for Torch-Pruning);
@@ -29,7 +32,8 @@ many rounds as fit ``--latency-budget`` seconds, 3 to 15; '-' when one dense for
 over ``--max-forward`` seconds).
 
 Every model runs in a child process (``--one NAME --tool ours|tp``), so a crash, a hang or a
-memory blow-up is a FAIL row, never the end of the benchmark.
+memory blow-up is a FAIL row, never the end of the benchmark; a time limit reached while timing
+latency keeps the rest of the row (a note says so).
 
     /work/tvenv/bin/python -m benchmarks.bench_reach --quick
     /work/tvenv/bin/python -m benchmarks.bench_reach --models resnet18,swin_t --out /tmp/reach.md
