@@ -1,5 +1,6 @@
 """Knowledge distillation (issue 14): the KD term, the frozen teacher, resume, YAML, the app, errors."""
 import copy
+import re
 import io
 import math
 import os
@@ -302,3 +303,80 @@ def test_a_yaml_teacher_with_other_classes_is_refused_with_its_location(write_ya
 def test_each_library_error_names_the_argument(kwargs, message):
     with pytest.raises(ComponentArgError, match=message):
         KnowledgeDistillationPolicy(TinyNet(), TinyNet(), **kwargs)
+
+
+# -- the app -----------------------------------------------------------------------------------
+APP = ["--arch", "simplenet_v2_mnist", "--dataset", "digits", "-b", "64", "--etrs", "0.3",
+       "--lr", "0.05", "--no-progress-bar"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--kd-teacher", "simplenet_v2_mnist", "--kd-tw", "0.5"],
+     r"--kd-teacher-wt must be 0: training the teacher is not implemented \(as in Distiller\); got 0\.5"),
+    (["--kd-teacher", "simplenet_v2_mnist", "--kd-temp", "0"], r"--kd-temperature must be a finite number > 0; got 0\.0"),
+    (["--kd-teacher", "simplenet_v2_mnist", "--kd-temperature", "inf"], r"--kd-temperature must be a finite number > 0; got inf"),
+    (["--kd-teacher", "simplenet_v2_mnist", "--kd-dw", "-1"], r"--kd-distill-wt must be a finite number >= 0; got -1\.0"),
+    (["--kd-teacher", "simplenet_v2_mnist", "--kd-student-wt", "nan"], r"--kd-student-wt must be a finite number >= 0; got nan"),
+    (["--kd-teacher", "simplenet_v2_mnist", "--kd-resume", "missing.pth.tar"],
+     r"--kd-resume: teacher checkpoint not found: missing\.pth\.tar"),
+    (["--kd-teacher", "lenett5"], r"--kd-teacher: .*lenett5"),
+    (["--kd-temp", "4"], r"--kd-temp needs a teacher: --kd-teacher ARCH \(or --kd-resume PATH\)"),
+    (["--kd-teacher", "simplenet_v2_mnist", "--kd-start-epoch", "-1"], r"--kd-start-epoch must be >= 0; got -1"),
+])
+def test_each_app_error_is_one_line_with_exit_2(tmp_path, capsys, flags, message):
+    from compressor_apps.compress_classifier import main
+    assert main(APP + ["-o", str(tmp_path / "o")] + flags) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+    assert not (tmp_path / "o").exists()   # refused before anything was written
+
+
+def test_the_app_refuses_a_teacher_checkpoint_for_other_classes_before_writing(tmp_path, capsys):
+    from compressor_apps.compress_classifier import main
+    path, _ = _teacher_checkpoint(tmp_path, arch="simplenet_v2_mnist", num_classes=7)
+    assert main(APP + ["-o", str(tmp_path / "o"), "--kd-teacher", "simplenet_v2_mnist",
+                       "--kd-resume", path]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"--kd-teacher simplenet_v2_mnist: .*the teacher's classifier fc\.weight has 7 "
+                     r"outputs, where simplenet_v2_mnist predicts 10 classes", err), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow          # trains with the app in-process (two short runs)
+def test_a_distiller_kd_command_line_runs_unchanged(tmp_path):
+    from compressor_apps.compress_classifier import main
+    teacher, _ = _teacher_checkpoint(tmp_path, arch="simplenet_v2_mnist", thin=True)
+    out = tmp_path / "o"
+    # Distiller's spelling: the short aliases, a teacher weight of 0, a start epoch
+    assert main(APP + ["--epochs", "2", "-o", str(out), "--kd-teacher", "simplenet_v2_mnist",
+                       "--kd-resume", teacher, "--kd-temp", "5.0", "--kd-dw", "0.7",
+                       "--kd-sw", "0.3", "--kd-tw", "0.0", "--kd-start-epoch", "1"]) == 0
+    (run,) = os.listdir(out)
+    import pandas as pd
+    metrics = pd.read_csv(out / run / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1]
+    kd = metrics["train_Distill Loss"]
+    assert math.isnan(kd[0]) and kd[1] > 0          # distilling from epoch 1 only
+    ckpt = ckpt_io.read_checkpoint(str(out / run / "checkpoint.pth.tar"))
+    assert set(ckpt["state_dict"]) == set(models.create_model("simplenet_v2_mnist").state_dict())
+    assert "Distill Loss" in (out / run / "run.log").read_text()
+
+
+@pytest.mark.slow          # torch.compile compiles (seconds)
+def test_distillation_through_a_compiled_student_equals_eager(float64):
+    def run(compile_it):
+        torch.manual_seed(0)
+        student, teacher = TinyNet(), TinyNet()
+        opt = torch.optim.SGD(student.parameters(), lr=0.1)
+        sched = compressor.CompressionScheduler(student)
+        sched.add_policy(KnowledgeDistillationPolicy(student, teacher, temperature=2.0), epochs=[0, 1])
+        forward = torch.compile(student) if compile_it else student
+        logged = train(forward, opt, sched, make_batches(2), epochs=2)
+        return student, [float(c[0].value.detach()) for c in logged]
+
+    eager, eager_kd = run(False)
+    compiled, compiled_kd = run(True)
+    assert compiled_kd == pytest.approx(eager_kd, rel=1e-9)   # the hook saw every compiled forward
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
