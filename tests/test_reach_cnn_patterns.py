@@ -395,6 +395,13 @@ def test_class_token_position_embedding_and_width_attribute_thin_exactly():
     assert model.pos_embedding.shape == (1, 5, c) and model.class_token.shape == (1, 1, c)
     assert result.typed_recipe.modules[""].attrs == {"hidden_dim": c}
     assert [o.dim for o in result.typed_recipe.tensors["pos_embedding"].ops] == [2]
+    fresh = ViTLike()   # a checkpoint's plain-data recipe replays on a dense model
+    replay(fresh, [r.to_dict() for r in recipes_of(model)])
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.hidden_dim == c
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert_same_function(fresh(x), model(x))
 
 
 def test_added_parameter_keeps_non_zero_channels_unless_no_layer_reads_them():
