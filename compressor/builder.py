@@ -360,7 +360,7 @@ def _thinning_reason(built: Mapping[Tuple[str, str], Any], thins: bool) -> Optio
         kind = getattr(obj, "thinning_func_str", None)
         if section == "extensions" and kind in _BY_FILTERS:
             return f"extension '{name}' ({kind})"
-    return "the run thins the model (thins=True, e.g. --thinnify)" if thins else None
+    return "the caller thins the model afterwards (thins=True)" if thins else None
 
 
 def _refuse_unthinnable(schedule: cfg.ScheduleConfig, built: Mapping[Tuple[str, str], Any],
