@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import pandas as pd
 import torch
@@ -27,6 +27,7 @@ from torch import nn
 from tabulate import tabulate
 
 from .atomic import atomic_write
+from .graph.attention import find_heads
 from .masks import unwrap
 from .metrics import (DEFAULT_PARAM_DIMS, DEFAULT_PARAM_TYPES, selected_params, size_to_str,
                       sparsity_2D, sparsity_3D, sparsity_ch, sparsity_cols, sparsity_rows)
@@ -202,7 +203,10 @@ def model_performance_summary(model: nn.Module, dummy_input: Any,
     Forward hooks on ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d`` and ``nn.Linear``
     (subclasses included) record each call, in call order; a module called twice gives two
     rows.  Batch norm, pooling, activations, element-wise and functional ops (``F.conv2d``,
-    ``x @ w``) are not counted, and neither are biases, as in Distiller.
+    ``x @ w``) are not counted, and neither are biases, as in Distiller.  Attention modules the
+    graph recognises (``compressor.graph.attention``: Hugging Face BERT/Llama-style) add one row
+    each for their two matmuls, ``2 x heads x T x T x head_dim`` MACs per sample for T tokens
+    (no weights, so ``NNZ MACs`` equals ``MACs``).
 
     ``dummy_input`` is passed as ``model(x)``, or ``model(*x)`` for a tuple/list, or
     ``model(**x)`` for a dict; its tensors are moved to the model's device.  Its batch size
@@ -248,12 +252,30 @@ def model_performance_summary(model: nn.Module, dummy_input: Any,
                      size_to_str(output.shape), scale(output.numel()),
                      weight.numel(), scale(uses * weight.numel()), scale(uses * nnz)])
 
+    def attention_hook(heads) -> Any:
+        def record(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any):
+            x = args[0] if args else kwargs.get("hidden_states")
+            if not isinstance(x, torch.Tensor) or x.dim() < 2:
+                return
+            # self-attention: scores Q K^T and the weighted sum A V, T x T x head_dim MACs per
+            # head each (the projections are the Linear rows)
+            t, batch = x.shape[-2], x.numel() // (x.shape[-2] * x.shape[-1])
+            macs = 2 * heads.heads * t * t * heads.head_dim * batch
+            rows.append([names.get(id(module), ""), "attention (QK^T, AV)",
+                         f"heads={heads.heads}, kv={heads.kv_heads}, d={heads.head_dim}",
+                         size_to_str(x.shape), scale(x.numel()), "", 0, 0, scale(macs),
+                         scale(macs)])
+        return record
+
     modes = {m: m.training for m in net.modules()}
     handles = []
     try:
         for m in net.modules():
             if isinstance(m, _CONV + _CONV_T + (nn.Linear,)):
                 handles.append(m.register_forward_hook(hook))
+            heads = find_heads(names.get(id(m), ""), m)
+            if heads is not None:
+                handles.append(m.register_forward_hook(attention_hook(heads), with_kwargs=True))
         net.eval()
         args = _to_device(dummy_input, _model_device(net))
         with torch.no_grad():

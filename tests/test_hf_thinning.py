@@ -208,3 +208,18 @@ def test_head_pruner_argument_errors(write_yaml):
                       "policies:\n  - {pruner: {instance_name: h}, epochs: [0]}\n")
     with pytest.raises(ScheduleError, match=r"desired_sparsity.*must be a number in \[0, 1\)"):
         compressor.file_config(m, opt, str(path))
+
+
+def test_compute_table_counts_attention_matmuls_and_their_drop():
+    """2 x heads x T x T x head_dim MACs per sample per attention layer; half after one of two
+    kv groups (two of four query heads) goes."""
+    from compressor.summary import model_performance_summary
+    m = llama(heads=4, kv=2)
+
+    def att(model):
+        df = model_performance_summary(model, IDS)
+        return df[df["Type"] == "attention (QK^T, AV)"]["MACs"].tolist()
+    assert att(m) == [2 * 4 * 7 * 7 * 6] * 2
+    prune(m, neurons=0.0, heads=0.5)
+    contract_model(m, IDS)
+    assert att(m) == [2 * 2 * 7 * 7 * 6] * 2
