@@ -375,16 +375,34 @@ def measure_tp(model: nn.Module, example: torch.Tensor, *, latency_budget: float
         partial(row)
         lat = latency_ratios(dense, model, example, latency_budget, max_forward)
         row.update({"tp_" + k: v for k, v in lat.items()})
+    except TimeoutError as e:   # the child's alarm (see ``child``)
+        row["tp"] = f"FAIL (timeout): {e} (in {where})"
     except Exception as e:
         row["tp"] = f"FAIL ({where}): {first_line(e)}"
     return row
 
 
 # ----------------------------------------------------------------------------- child processes
-def child(name: str, tool: str, latency_budget: float, max_forward: float) -> None:
-    """``--one NAME --tool T``: measure one model, print ``RESULT {json}`` (stages before it)."""
+def child(name: str, tool: str, latency_budget: float, max_forward: float,
+          tp_timeout: float = 0.0) -> None:
+    """``--one NAME --tool T``: measure one model, print ``RESULT {json}`` (stages before it).
+
+    For Torch-Pruning, ``tp_timeout`` seconds are allowed from building its pruner to the checked
+    output (an alarm raises ``TimeoutError`` in its Python code); building the model, counting
+    its layers and timing latency are not counted."""
+    import signal
+
     def stage(s: str) -> None:
+        if s == "latency":
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        elif s == "build pruner" and tool == "tp" and tp_timeout > 0:
+            signal.signal(signal.SIGALRM, alarm)
+            signal.setitimer(signal.ITIMER_REAL, tp_timeout)
         print(STAGE_TAG + s, flush=True)
+
+    def alarm(_signum, _frame):
+        raise TimeoutError(f"over {tp_timeout:g} s")
+
     stage("build model")
     model, example = build_model(name)
     fn = measure_ours if tool == "ours" else measure_tp
@@ -403,11 +421,12 @@ def _limit_memory(gb: float) -> Callable[[], None]:
 def run_child(name: str, tool: str, args: argparse.Namespace) -> Dict[str, Any]:
     """Run one measurement in a child process; a timeout, a crash or a memory error is a FAIL."""
     key = "ours" if tool == "ours" else "tp"
-    timeout = args.ours_timeout if tool == "ours" else args.tp_timeout
+    # Torch-Pruning's own limit is an alarm in the child; this one only stops a hung process
+    timeout = args.ours_timeout if tool == "ours" else args.tp_timeout + 600
     memory = args.ours_memory_gb if tool == "ours" else args.tp_memory_gb
     cmd = [sys.executable, "-m", "benchmarks.bench_reach", "--one", name, "--tool", tool,
            "--threads", str(args.threads), "--latency-budget", str(args.latency_budget),
-           "--max-forward", str(args.max_forward)]
+           "--max-forward", str(args.max_forward), "--tp-timeout", str(args.tp_timeout)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, BENCH_REACH_CHILD="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
@@ -613,7 +632,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser().parse_args(argv)
     if args.one:
         torch.set_num_threads(args.threads)
-        child(args.one, args.tool, args.latency_budget, args.max_forward)
+        child(args.one, args.tool, args.latency_budget, args.max_forward, args.tp_timeout)
         return
     print(main_text(argv))
 
