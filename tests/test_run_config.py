@@ -1,11 +1,13 @@
 """The app's RunConfig (frozen, checked once, Distiller's --resume resolved) and the one dataset
 table that the data loaders and the model zoo both read."""
+import argparse
 import dataclasses
 
 import pytest
 
 from compressor import data, models
 from compressor.data.catalog import CATALOG, MODEL_DATASETS, dataset_spec
+from compressor_apps.kd import KDConfig
 from compressor_apps.parser import build_parser
 from compressor_apps.run_config import RunConfig, UsageError, model_dataset_of, pending_warnings
 
@@ -17,7 +19,9 @@ def config(*argv):
 def test_every_parser_option_is_a_field_and_the_defaults_agree():
     parsed = vars(build_parser().parse_args([]))
     fields = {f.name for f in dataclasses.fields(RunConfig)}
-    assert set(parsed) - fields == {"deprecated_resume"}     # resolved into resume_from
+    kd = {name for name in parsed if name.startswith("kd_")}   # the --kd-* flags: KDConfig
+    assert set(parsed) - fields == {"deprecated_resume"} | kd     # resolved into resume_from
+    assert KDConfig.from_args(argparse.Namespace(**parsed)) == KDConfig()   # off by default
     made = config()
     for name in fields:
         value = parsed[name]
