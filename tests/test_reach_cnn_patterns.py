@@ -437,3 +437,33 @@ def test_width_attribute_ambiguous_or_missing_is_refused_with_the_op():
     blocked = analyze(model, (3, 8, 8)).blocked
     assert "Tensor.reshape has the fixed size 8 at the channel dimension" in blocked["conv_proj"]
     assert "one integer attribute of 'the model'" in blocked["conv_proj"]
+
+
+# ---- LayerNorm over the channels: refused with the reason ----------------------------------------
+
+class LayerNorm2d(nn.LayerNorm):
+    """ConvNeXt's: permute, F.layer_norm over the channels, permute back."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Norms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = nn.Conv2d(3, 4, 1), LayerNorm2d(4), nn.Conv2d(4, 4, 1)
+        self.c, self.d = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.b(self.norm(self.a(x)))   # over the channels: mixes them
+        z = nn.functional.layer_norm(self.c(y), (8, 8))   # over space: each channel alone
+        return self.d(z)
+
+
+def test_layer_norm_over_channels_is_refused_with_why_and_over_space_is_followed():
+    report = analyze(Norms(), (3, 8, 8))
+    assert "F.layer_norm normalizes over the channel dimension (a removed channel would still " \
+           "count in its mean and variance)" in report.blocked["a"]
+    assert "c" in report.thinnable

@@ -361,6 +361,21 @@ def softmax_function(an: "Analyzer", node, c: Call) -> Optional[ChannelInfo]:
     return an.fallback(node, c.name)
 
 
+def layer_norm(an: "Analyzer", node, c: Call) -> Optional[ChannelInfo]:
+    """``F.layer_norm(x, normalized_shape, weight, bias)`` (ConvNeXt's LayerNorm2d calls it on a
+    permuted tensor): over the channel dim it mixes them; over other dims each channel is
+    normalized on its own, and a bias maps a zero channel to non-zero."""
+    shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
+    if not c.single or c.in_shape is None or not isinstance(shape, (list, tuple)):
+        return an.fallback(node, c.name)
+    if c.info.cdim >= len(c.in_shape) - len(shape):
+        return an.mixing(node, c.info, f"{c.name} normalizes over the channel dimension (a "
+                                         f"removed channel would still count in its mean and "
+                                         f"variance)")
+    bias = node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
+    return c.info if bias is None else c.info.dirtied(f"{c.name} maps a zero channel to its bias")
+
+
 def getitem_rule(an: "Analyzer", node, c: Call) -> Optional[ChannelInfo]:
     if isinstance(c.info, ChannelTuple):   # an element of x.chunk(...): its own channels
         idx = node.args[1] if len(node.args) > 1 else None
@@ -445,6 +460,7 @@ FUNCTION_RULES: Dict[Any, FunctionRule] = {
     **{t: _MOVE for t in (torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze)},
     **{t: _REDUCE_RULE for t in REDUCE},
     torch.chunk: split, torch.split: split,
+    F.layer_norm: layer_norm,
 }
 
 # Functions of optional packages, by ``nodes.qualified_name`` (looked up after FUNCTION_RULES).

@@ -164,7 +164,8 @@ def layernorm(an: "Analyzer", node, mod, info, in_shape, out_shape) -> Optional[
     first = len(in_shape) - len(mod.normalized_shape)
     if info.cdim >= first:
         return an.mixing(node, info, f"LayerNorm '{node.target}' normalizes over the "
-                                       f"channel dimension")
+                                       f"channel dimension (a removed channel would still count "
+                                       f"in its mean and variance)")
     return info.dirtied(f"LayerNorm '{node.target}' maps a zero channel to its bias") \
         if mod.bias is not None else info
 
