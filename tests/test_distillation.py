@@ -380,3 +380,30 @@ def test_distillation_through_a_compiled_student_equals_eager(float64):
     assert compiled_kd == pytest.approx(eager_kd, rel=1e-9)   # the hook saw every compiled forward
     for a, b in zip(eager.parameters(), compiled.parameters()):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow          # torchrun with two gloo ranks, the app in subprocesses
+def test_the_app_distills_under_torchrun_with_a_teacher_on_every_rank(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    teacher, _ = _teacher_checkpoint(tmp_path, arch="simplenet_v2_mnist")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+         "127.0.0.1", "--master_port", str(port), os.path.join(root, "apps", "compress_classifier.py"),
+         *APP, "--cpu", "--epochs", "2", "-o", str(out), "--kd-resume", teacher, "--kd-temp", "4"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = os.listdir(out)
+    import pandas as pd
+    metrics = pd.read_csv(out / run / "metrics.csv")
+    assert (metrics["train_Distill Loss"] > 0).all()
+    ckpt = ckpt_io.read_checkpoint(str(out / run / "checkpoint.pth.tar"))
+    assert set(ckpt["state_dict"]) == set(models.create_model("simplenet_v2_mnist").state_dict())
