@@ -8,6 +8,7 @@ random draws) cannot make ranks disagree.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -131,3 +132,24 @@ def reduce_meter_state(state: dict) -> dict:
     out["components"] = dict(zip(comps, summed[len(keys):]))
     out["seconds"] = float(seconds)
     return out
+
+
+def wait_for_peers_to_fail(seconds: float = 10.0) -> None:
+    """After an error every rank finds (a schedule mistake, a non-finite loss they agreed on):
+    wait up to ``seconds`` until every rank has reached this point, so that all of them exit with
+    their own code 2 instead of torchrun terminating the slower ones when the first exits.
+
+    Counted in the process group's key-value store, not with a collective: a rank that did not
+    fail is never made to wait for a collective it does not join (after the timeout this rank
+    exits anyway and torchrun stops the rest)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError):   # a private helper: without it, exit at once
+        return
+    world, key = dist.get_world_size(), "compressor/ranks_failed"
+    failed, deadline = store.add(key, 1), time.monotonic() + seconds
+    while failed < world and time.monotonic() < deadline:
+        time.sleep(0.02)
+        failed = store.add(key, 0)

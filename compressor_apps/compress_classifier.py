@@ -20,7 +20,7 @@ from torch import nn
 from compressor import checkpoint as ckpt_io
 from compressor import file_config, models
 from compressor.data import check_num_classes, load_data
-from compressor.distributed import ElasticDDP, init_from_env
+from compressor.distributed import ElasticDDP, init_from_env, wait_for_peers_to_fail
 from compressor.errors import CompressorError, OptimizerMismatchError
 from compressor.scheduler import CompressionScheduler
 from .best import BestScores
@@ -187,6 +187,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CompressorError as e:
         if reports_error(e):   # under torchrun, rank 0 alone for what every rank finds
             sys.stderr.write(f"{parser.prog}: error: {e}\n")
+        if not getattr(e, "rank_local", False):
+            wait_for_peers_to_fail()   # so every rank exits 2 rather than torchrun stopping it
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{parser.prog}: interrupted; the last complete epoch's checkpoint is in "

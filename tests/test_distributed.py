@@ -5,6 +5,7 @@ differently from one full-batch gradient. So the equality is tested in float64 t
 (two ranks against one process), and the app's float32 runs are checked for what rounding cannot
 change (one writer, the schedule's sparsity, the thinned shapes). Every test starts subprocesses."""
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -273,3 +274,94 @@ def test_ddp_equals_one_process_in_float64(tmp_path):
             assert (w - ref).abs().max().item() <= 1e-10 * scale, name
         else:
             assert torch.equal(w, ref), name
+
+
+# The app itself on each rank, with one change chosen by argv[3]; each rank writes its exit code to
+# argv[2]/rank<N> (torchrun's own exit status says only that some rank failed).
+APP_ON_RANK = r'''
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from torch import nn
+from compressor_apps import compress_classifier as app, epochs
+rank, mode = int(os.environ["RANK"]), sys.argv[3]
+if mode == "nan":          # rank 1's third training loss is NaN; rank 0's stay finite
+    class NaNOnRank1(nn.CrossEntropyLoss):
+        calls = 0
+        def forward(self, output, target):
+            NaNOnRank1.calls += 1
+            loss = super().forward(output, target)
+            return loss * float("nan") if rank == 1 and NaNOnRank1.calls == 3 else loss
+    app.nn = type("nn", (), {"CrossEntropyLoss": NaNOnRank1})
+elif mode == "stop":       # a SIGTERM seen after the third step (ranks agree on it)
+    real = epochs.StopFlag.__call__
+    count = {"n": 0}
+    def stop_after_3(self):
+        count["n"] += 1
+        if count["n"] == 3:
+            import signal
+            self.signum = signal.SIGTERM
+        return real(self)
+    epochs.StopFlag.__call__ = stop_after_3
+code = app.main(sys.argv[4:])
+with open(os.path.join(sys.argv[2], f"rank{rank}"), "w") as f:
+    f.write(str(code))
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(code)   # see RANK_CHECK
+'''
+
+
+def run_app_on_two_ranks(tmp_path, mode, args):
+    """(exit codes by rank, stdout, stderr) of the app on two gloo ranks with ``mode``'s change."""
+    script, codes = tmp_path / "app_on_rank.py", tmp_path / "codes"
+    script.write_text(APP_ON_RANK)
+    codes.mkdir()
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                             str(script), ROOT, str(codes), mode, *args, "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=240,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    found = {int(p.name[4:]): int(p.read_text()) for p in codes.iterdir()}
+    return found, result.stdout, result.stderr
+
+
+def our_lines(text):
+    return [line for line in text.splitlines() if line.startswith("compress_classifier:")]
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_exit_2_and_one_line(tmp_path):
+    """Rank 1 alone sees a NaN loss: both ranks stop at that step (no rank waits in the gradient
+    all-reduce for the other; the subprocess timeout catches a hang), both exit 2, and rank 0
+    prints the one line, naming the rank."""
+    codes, out, err = run_app_on_two_ranks(tmp_path, "nan", ARGS)
+    assert codes == {0: 2, 1: 2}, err[-3000:]
+    lines = our_lines(err)
+    assert len(lines) == 1, err[-3000:]
+    assert re.search(r"error: the training loss is nan at epoch 0, minibatch 2 on rank 1 of 2; "
+                     r"stopped before stepping on it", lines[0])
+    assert not os.path.exists(os.path.join(only_dir(tmp_path / "out"), "checkpoint.pth.tar"))
+
+
+def test_a_schedule_error_is_printed_once_and_every_rank_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pruners:\n  p: {class: NoSuchPruner}\npolicies: []\n")
+    args = [a if a != AGP else str(bad) for a in ARGS]
+    codes, out, err = run_app_on_two_ranks(tmp_path, "none", args)
+    assert codes == {0: 2, 1: 2}, err[-3000:]
+    lines = our_lines(err)
+    assert len(lines) == 1 and re.search(r"bad\.yaml:2 pruners\.p\.class: unknown pruner class "
+                                         r"'NoSuchPruner'", lines[0]), err[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stop_under_torchrun_is_announced_once_by_the_rank_that_saved(tmp_path):
+    codes, out, err = run_app_on_two_ranks(tmp_path, "stop", ARGS)
+    assert codes == {0: 143, 1: 143}, err[-3000:]
+    text = out + err
+    assert "saved None" not in text and "--resume-from None" not in text
+    (line,) = [x for x in text.splitlines() if x.startswith("Stopped by SIGTERM")]
+    assert re.search(r"at epoch 0, minibatch 3; saved .*checkpoint\.pth\.tar", line)
+    saved = read_checkpoint(os.path.join(only_dir(tmp_path / "out"), "checkpoint.pth.tar"))
+    # the global batch's sums over both ranks: 3 minibatches of 64
+    assert saved["extras"]["resume_meters"]["loss"][1] == 3 * 64
+    assert saved["extras"]["resume_batch_size"] == 64
