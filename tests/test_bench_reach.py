@@ -148,3 +148,12 @@ def test_measure_tp_row_when_torch_pruning_is_installed():
     row = br.measure_tp(model, x, latency_budget=0.01)
     assert row["tp"] == "PASS", row
     assert 0 < row["tp_params_ratio"] < 1 and row["tp_s"] > 0
+
+
+def test_a_row_whose_latency_ran_out_of_time_keeps_its_numbers_and_says_so():
+    rows = [{"model": "big", "size": 224, "ours": "PASS", "layers_thinned": 2, "layers_total": 4,
+             "params_ratio": 0.8, "exact_err": 0.0,
+             "ours_note": "ours latency not timed: over the 900 s limit"}]
+    text = br.render(rows, tp_ran=False, notes=[])
+    assert "- note: big: ours latency not timed: over the 900 s limit" in text
+    assert " 2 / 4 |" in text and " 0.800 |" in text
