@@ -407,3 +407,33 @@ def test_the_app_distills_under_torchrun_with_a_teacher_on_every_rank(tmp_path):
     assert (metrics["train_Distill Loss"] > 0).all()
     ckpt = ckpt_io.read_checkpoint(str(out / run / "checkpoint.pth.tar"))
     assert set(ckpt["state_dict"]) == set(models.create_model("simplenet_v2_mnist").state_dict())
+
+
+def test_kd_scratch_benchmark_narrows_reinitializes_and_budgets_like_the_app(tmp_path):
+    """benchmarks/kd_mnist_scratch.py: the narrow shapes of the rows, fresh weights, Scratch-B's
+    epochs as the app's --scratch B counts them, and a schedule that builds with and without KD."""
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    from benchmarks import kd_mnist_scratch as ks
+    torch.manual_seed(0)
+    m = ks.narrow("lenet5", ks.NARROW["lenet5"])
+    assert (m.conv1.weight.shape[0], m.conv2.weight.shape[:2], m.fc1.weight.shape[1]) == \
+        (10, (25, 10), 25 * 16)
+    # fresh weights: no unit left zero by the narrowing
+    assert all(bool((m.get_submodule(n).weight.flatten(1).abs().sum(1) > 0).all())
+               for n in ("conv1", "conv2"))
+    mlp = ks.narrow("lenet_300_100", ks.NARROW["lenet_300_100_24x"])
+    assert sum(p.numel() for n, p in mlp.named_parameters() if n.endswith("weight")) == 10284
+    dense_macs, small_macs = ks.macs(models.create_model("lenet5")), ks.macs(m)
+    assert (dense_macs, small_macs) == (2293000, 749000)
+    assert ks.scratch_b_epochs(4, dense_macs, small_macs) == 13 == math.ceil(4 * 2293000 / 749000)
+    assert ks.scratch_b_epochs(4, 100, 100) == 4
+    teacher = str(tmp_path / "t.pth.tar")
+    ckpt_io.save_checkpoint(teacher, models.create_model("lenet5"), arch="lenet5", dataset="mnist")
+    for kd in (False, True):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        sched = compressor.dict_config(m, opt, ks.schedule("lenet5", 6, teacher, kd), path="x")
+        kinds = [type(p).__name__ for p in sched.policies[0]]
+        assert ("KnowledgeDistillationPolicy" in kinds) == kd and len(kinds) == 1 + kd
+    assert ks.schedule("lenet5", 6, teacher, False)["lr_schedulers"]["lr"]["milestones"] == [4]
