@@ -113,12 +113,13 @@ def schedule(arch: str, epochs: int, teacher: str, kd: bool, milestones: List[in
     return sched
 
 
-def run(row: str, data: str, teacher: str, epochs: int, seed: int, kd: bool) -> Dict[str, float]:
+def run(row: str, data: str, teacher: str, epochs: int, seed: int, kd: bool,
+        lr: float = LR) -> Dict[str, float]:
     """One scratch run of ``row``; test top-1, mean training seconds per epoch, weights."""
     arch, shape, _, milestones = ROWS[row]
     torch.manual_seed(seed)
     model = narrow(arch, NARROW[shape])
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WD)
     sched = compressor.dict_config(model, opt, schedule(arch, epochs, teacher, kd, milestones),
                                    path=f"<scratch {arch}>")
     train, _, test = load_data("mnist", data, BATCH, validation_split=0.0, seed=seed)
@@ -140,6 +141,7 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--out", default="results/kd", help="where kd_mnist.py put the dense checkpoints")
+    p.add_argument("--lr", type=float, default=LR, help="initial learning rate (the dense recipe's: 0.05)")
     args = p.parse_args(argv)
     lines = []
     for key in args.rows:
@@ -156,14 +158,14 @@ def main(argv: List[str] = None) -> int:
         runs = {False: [], True: []}
         for seed in args.seeds:
             for kd in (False, True):   # interleaved, so machine load falls on both alike
-                r = run(key, args.data, teacher, epochs, seed, kd)
+                r = run(key, args.data, teacher, epochs, seed, kd, args.lr)
                 runs[kd].append(r)
                 print(f"{arch} {row} seed {seed} kd={kd}: top-1 {r['top1']:.2f}, "
                       f"{r['sec']:.1f} s/epoch, {r['weights']} weights", flush=True)
         for kd in (False, True):
             top1 = [r["top1"] for r in runs[kd]]
             spread = statistics.stdev(top1) if len(top1) > 1 else 0.0
-            lines.append(f"| {arch} | {row} {'with KD' if kd else 'alone'} | {epochs} "
+            lines.append(f"| {arch} | {row} {'with KD' if kd else 'alone'}, lr {args.lr:g} | {epochs} "
                          f"| {statistics.mean(top1):.2f} ± {spread:.2f} "
                          f"[{', '.join(f'{t:.2f}' for t in top1)}] | {runs[kd][0]['weights']:,} "
                          "| " + " / ".join(f"{r['sec']:.1f}" for r in runs[kd]) + " |")
