@@ -18,6 +18,8 @@ from compressor.graph import TraceError, analyze_graph, trace
 from compressor.graph.function_rules import METHOD_RULES, keeps_zero
 from compressor.graph.module_rules import MODULE_RULES, rule_for
 
+from helpers.models import Untraceable
+
 PACKAGE = pathlib.Path(compressor.__file__).parent
 
 
@@ -132,21 +134,10 @@ def test_graph_takes_tensors_and_shapes_only():
         analyze_graph(net, "cifar10")   # dataset names are thinning's public functions' business
 
 
-class _Untraceable(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.conv(x)
-        return x
-
-
 def test_trace_errors_name_the_model():
-    with pytest.raises(TraceError, match=r"cannot trace _Untraceable with torch.fx: \w+") as info:
-        trace(_Untraceable())
-    assert isinstance(info.value, CompressorError) and info.value.model == "_Untraceable"
-    with pytest.raises(ThinningError, match="cannot thin _Untraceable: torch.fx cannot trace its "
+    with pytest.raises(TraceError, match=r"cannot trace Untraceable with torch.fx: \w+") as info:
+        trace(Untraceable())
+    assert isinstance(info.value, CompressorError) and info.value.model == "Untraceable"
+    with pytest.raises(ThinningError, match="cannot thin Untraceable: torch.fx cannot trace its "
                                             "forward"):
-        analyze_graph(_Untraceable(), (3, 8, 8))
+        analyze_graph(Untraceable(), (3, 8, 8))

@@ -16,6 +16,7 @@ from compressor.thinning import (StructureRemover, analyze, contract_model, coup
                                  remove_channels, remove_filters, replay, thin)
 from compressor.thinning.execute import apply_ops
 from helpers import assert_same_function, train
+from helpers.models import Untraceable
 from helpers.thinning import n_params, randomize_bn, zero_structures
 
 SHAPES = {"cifar10": (3, 32, 32), "mnist": (1, 28, 28), "imagenet": (3, 64, 64)}
@@ -434,17 +435,6 @@ def test_removing_everything_keeps_one_channel_and_warns():
     assert model.conv3.out_channels == 1 and model.fc.in_features == 6
     with torch.no_grad():
         assert_same_function(model(x), ref)
-
-
-class Untraceable(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.conv(x)
-        return x
 
 
 def test_untraceable_model():

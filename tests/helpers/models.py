@@ -1,4 +1,5 @@
-"""Small networks the tests share: ``TinyNet`` (Distiller-style names, 1x8x8 input)."""
+"""Small networks the tests share: ``TinyNet`` (Distiller-style names, 1x8x8 input) and
+``Untraceable`` (data-dependent control flow, which torch.fx cannot trace)."""
 from __future__ import annotations
 
 import torch
@@ -22,3 +23,16 @@ class TinyNet(nn.Module):
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.pool(self.relu2(self.conv2(x)))
         return self.fc(torch.flatten(x, 1))
+
+
+class Untraceable(nn.Module):
+    """Branches on the input's values, so torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return x
