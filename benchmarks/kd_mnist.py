@@ -94,18 +94,24 @@ def student(arch: str, data: str, teacher: str, seed: int, kd: bool) -> Dict[str
     opt = optimizer_for(model, LR)
     sched = compressor.dict_config(model, opt, schedule(os.path.join(ROOT, sched_path), teacher, kd),
                                    path=sched_path)
-    train, _, test = load_data("mnist", data, BATCH, validation_split=0.0, seed=seed)
+    top1, sec = train_and_test(model, opt, sched, data, seed, epochs)
+    nnz = sum(int((p != 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
+    return {"top1": top1, "sec": sec, "nnz": nnz}
+
+
+def train_and_test(model: nn.Module, opt: torch.optim.Optimizer, sched, data: str, seed: int,
+                   epochs: int, batch: int = BATCH) -> tuple:
+    """Train ``epochs`` epochs of MNIST under ``sched`` (data order from ``seed``), then test:
+    (test top-1, mean training seconds per epoch)."""
+    train, _, test = load_data("mnist", data, batch, validation_split=0.0, seed=seed)
     seconds = []
     for epoch in range(epochs):
         if hasattr(train, "set_epoch"):
             train.set_epoch(epoch)
         sched.on_epoch_begin(epoch, opt)
-        stats = train_epoch(model, train, nn.CrossEntropyLoss(), opt, epoch, sched)
-        seconds.append(stats.seconds)
+        seconds.append(train_epoch(model, train, nn.CrossEntropyLoss(), opt, epoch, sched).seconds)
         sched.on_epoch_end(epoch, opt)
-    result = evaluate(model, test, nn.CrossEntropyLoss())
-    nnz = sum(int((p != 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
-    return {"top1": result.top1, "sec": statistics.mean(seconds), "nnz": nnz}
+    return evaluate(model, test, nn.CrossEntropyLoss()).top1, statistics.mean(seconds)
 
 
 def main(argv: List[str] = None) -> int:

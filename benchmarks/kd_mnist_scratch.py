@@ -39,10 +39,9 @@ if ROOT not in sys.path:
 
 import compressor  # noqa: E402
 from compressor import models  # noqa: E402
-from compressor.data import load_data  # noqa: E402
 from compressor.summary import model_performance_summary  # noqa: E402
 from compressor.thinning import contract_model  # noqa: E402
-from compressor.training import evaluate, train_epoch  # noqa: E402
+from benchmarks.kd_mnist import train_and_test  # noqa: E402
 
 NARROW: Dict[str, Dict[str, int]] = {   # output units kept per layer (the rest are thinned away)
     "lenet5": {"conv1": 10, "conv2": 25},
@@ -122,17 +121,9 @@ def run(row: str, data: str, teacher: str, epochs: int, seed: int, kd: bool,
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WD)
     sched = compressor.dict_config(model, opt, schedule(arch, epochs, teacher, kd, milestones),
                                    path=f"<scratch {arch}>")
-    train, _, test = load_data("mnist", data, BATCH, validation_split=0.0, seed=seed)
-    seconds = []
-    for epoch in range(epochs):
-        if hasattr(train, "set_epoch"):
-            train.set_epoch(epoch)
-        sched.on_epoch_begin(epoch, opt)
-        seconds.append(train_epoch(model, train, nn.CrossEntropyLoss(), opt, epoch, sched).seconds)
-        sched.on_epoch_end(epoch, opt)
-    top1 = evaluate(model, test, nn.CrossEntropyLoss()).top1
+    top1, sec = train_and_test(model, opt, sched, data, seed, epochs, BATCH)
     weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
-    return {"top1": top1, "sec": statistics.mean(seconds), "weights": weights}
+    return {"top1": top1, "sec": sec, "weights": weights}
 
 
 def main(argv: List[str] = None) -> int:
