@@ -7,6 +7,7 @@ from .magnitude import (AutomatedGradualPruner, GlobalAutomatedGradualPruner,
                         MagnitudeParameterPruner, SensitivityPruner, SparsityLevelParameterPruner)
 from .autopruner import AutoPruner, ChannelGate
 from .nm_sparsity import NMSparsityPruner, nm_mask
+from .oneshot import CalibratedPruner, OneShotMagnitudePruner, SparseGPTPruner, WandaPruner
 from .slimming import NetworkSlimmingPruner
 from .splicing import SplicingPruner
 from .heads import AttentionHeadPruner, MLPNeuronPruner
@@ -40,4 +41,5 @@ __all__ = ["PruneContext", "Pruner", "level_mask", "threshold_mask", "AutomatedG
            "BNGammaRankedFilterPruner", "BNGammaRankedFilterPruner_AGP",
            "BernoulliFilterPruner", "BernoulliFilterPruner_AGP",
            "RandomLevelStructureParameterPruner", "NMSparsityPruner", "nm_mask",
-           "NetworkSlimmingPruner", "AutoPruner", "ChannelGate"]
+           "NetworkSlimmingPruner", "AutoPruner", "ChannelGate", "CalibratedPruner",
+           "OneShotMagnitudePruner", "WandaPruner", "SparseGPTPruner"]
