@@ -6,6 +6,10 @@ Header convention (comment lines at the top of each YAML file):
     # requires: thinning                optional: a feature still being written
     #   python apps/compress_classifier.py --arch lenet5 ... --compress schedules/<this file>
 
+or, for a language-model schedule, ``#   python apps/compress_lm.py MODEL ... --compress <file>``:
+it is built against a tiny random Llama (the layer names of Hugging Face decoders) and its
+epoch-0 pruning runs on random calibration tokens.
+
 ``# arch:`` may be left out when the command names ``--arch``. A file is skipped only when it
 declares ``# requires: ...`` AND names a class that is not registered yet; the skip says which.
 A file that names an unregistered class without declaring it fails.
@@ -37,7 +41,7 @@ def header_info(path: pathlib.Path):
     text = header(path)
     arch = re.search(r"^arch:\s*(\S+)\s*$", text, re.M)
     requires = re.search(r"^requires:\s*(.+?)\s*$", text, re.M)
-    commands = re.findall(r"python apps/compress_classifier\.py .*", text)
+    commands = re.findall(r"python apps/compress_(?:classifier|lm)\.py .*", text)
     command = next((c for c in commands if "--compress" in c), commands[0] if commands else None)
     return arch.group(1) if arch else None, requires.group(1) if requires else None, command
 
@@ -63,6 +67,8 @@ def test_schedule_header_builds_and_runs(path):
     rel = path.relative_to(ROOT).as_posix()
     assert command, f"{rel}: the header must give the command: python apps/compress_classifier.py"
     assert f"--compress {rel}" in command, f"{rel}: the command must use --compress {rel}"
+    if command.startswith("python apps/compress_lm.py"):
+        return build_and_run_lm(path)
     cmd_arch = re.search(r"--arch (\S+)", command)
     assert cmd_arch, f"{rel}: the command must name --arch"
     if arch is None:
@@ -85,3 +91,24 @@ def test_header_parsing_is_strict(tmp_path):
     arch, requires, command = header_info(p)
     assert (arch, requires) == ("lenet5", "thinning")
     assert command.endswith("--compress schedules/x.yaml")
+
+
+def build_and_run_lm(path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+    import compressor
+    from compressor.oneshot import provide_calibration
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    scheduler = compressor.file_config(model, None, str(path))
+    provide_calibration(scheduler, [{"input_ids": torch.randint(0, 64, (1, 16)), "use_cache": False}
+                                    for _ in range(4)])
+    scheduler.on_epoch_begin(0)
+    assert scheduler.masks, f"{path}: nothing was pruned"
+    for name, mask in scheduler.masks.items():
+        dropped = mask == 0
+        assert float(dropped.float().mean()) == pytest.approx(0.5), name
+        assert bool((scheduler.store.params[name][dropped] == 0).all()), name

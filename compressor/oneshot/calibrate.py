@@ -130,6 +130,7 @@ def run_sequential(model: nn.Module, layers: Mapping[str, nn.Module], batches: S
             found = find_blocks(model, list(layers)) if sequential and stats else None
             if found is not None:
                 path, blocks = found
+                _check_chained(model, blocks, path, batches[0])
                 inputs = _first_block_inputs(model, blocks[0], batches)
                 for i, block in enumerate(blocks):
                     prefix = f"{path}.{i}." if path else f"{i}."
@@ -154,6 +155,34 @@ def run_sequential(model: nn.Module, layers: Mapping[str, nn.Module], batches: S
                     progress(1, 1, "model")
     finally:
         model.train(was_training)
+
+
+def _check_chained(model, blocks, path, batch) -> None:
+    """Block 1's input must be block 0's output (residuals inside the blocks, as in Hugging Face
+    layers); checked on one batch, since running blocks alone relies on it."""
+    seen = {}
+
+    def record(i):
+        def hook(mod, args, kwargs):
+            seen.setdefault(i, (args, kwargs))
+        return hook
+
+    handles = [blocks[i].register_forward_pre_hook(record(i), with_kwargs=True) for i in (0, 1)]
+    try:
+        call_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    if 1 not in seen or not seen[1][0]:
+        return
+    args, kwargs = seen[0]
+    out = _next_inputs(blocks[0], args, kwargs, path, 0)[0][0]
+    nxt = seen[1][0][0]
+    if not (isinstance(out, torch.Tensor) and out.shape == nxt.shape
+            and torch.allclose(out, nxt, rtol=1e-5, atol=1e-6 * float(nxt.abs().max()))):
+        raise CalibrationError(f"'{path}.1' does not take '{path}.0''s output as its input (a "
+                               f"residual or other code between the blocks), so the blocks cannot "
+                               f"be calibrated one by one; valid: set 'sequential: false' on the pruner")
 
 
 def _next_inputs(block, args, kwargs, path, i):
