@@ -39,6 +39,7 @@ setup(
     entry_points={"console_scripts": [
         "compress-classifier=compressor_apps.compress_classifier:main",
         "compare-checkpoints=compressor_apps.compare:main",
+        "compress-lm=compressor_apps.compress_lm:main",
     ]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )
