@@ -206,7 +206,10 @@ def model_performance_summary(model: nn.Module, dummy_input: Any,
     ``x @ w``) are not counted, and neither are biases, as in Distiller.  Attention modules the
     graph recognises (``compressor.graph.attention``: Hugging Face BERT/Llama-style) add one row
     each for their two matmuls, ``2 x heads x T x T x head_dim`` MACs per sample for T tokens
-    (no weights, so ``NNZ MACs`` equals ``MACs``).
+    (no weights, so ``NNZ MACs`` equals ``MACs``).  ``nn.MultiheadAttention`` (and thinning's
+    ``ThinMultiheadAttention``) computes its projections functionally: one row for them
+    (the q block of ``in_proj_weight`` x Lq, its k and v blocks x Lk, ``out_proj`` x Lq, per
+    sample) and one for the matmuls, ``2 x heads x Lq x Lk x head_dim``.
 
     ``dummy_input`` is passed as ``model(x)``, or ``model(*x)`` for a tuple/list, or
     ``model(**x)`` for a dict; its tensors are moved to the model's device.  Its batch size
@@ -267,11 +270,38 @@ def model_performance_summary(model: nn.Module, dummy_input: Any,
                          scale(macs)])
         return record
 
+    def mha_hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any):
+        # nn.MultiheadAttention (and its thinned subclass) use their weights functionally, so the
+        # Linear hook never fires: q/k/v and output projections here, then the two matmuls
+        q = args[0] if args else kwargs.get("query")
+        k = args[1] if len(args) > 1 else kwargs.get("key")
+        if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor):
+            return
+        tok = 1 if q.dim() == 3 and module.batch_first else 0
+        lq, lk = q.shape[tok], k.shape[tok]
+        batch = q.numel() // (lq * q.shape[-1])
+        h, d = module.num_heads, module.head_dim
+        inner = h * d
+        w, o = module.in_proj_weight.detach(), module.out_proj.weight.detach()
+        nz = [int(torch.count_nonzero(w[j * inner:(j + 1) * inner])) for j in range(3)]
+        macs = (lq * w[:inner].numel() + 2 * lk * w[:inner].numel() + lq * o.numel()) * batch
+        nnz = (lq * nz[0] + lk * (nz[1] + nz[2]) + lq * int(torch.count_nonzero(o))) * batch
+        out = output[0] if isinstance(output, tuple) else output
+        name = names.get(id(module), "")
+        rows.append([name, type(module).__name__, f"heads={h}, d={d}", size_to_str(q.shape),
+                     scale(q.numel()), size_to_str(out.shape), scale(out.numel()),
+                     w.numel() + o.numel(), scale(macs), scale(nnz)])
+        att = 2 * h * lq * lk * d * batch
+        rows.append([name, "attention (QK^T, AV)", f"heads={h}, kv={h}, d={d}",
+                     size_to_str(q.shape), scale(q.numel()), "", 0, 0, scale(att), scale(att)])
+
     modes = {m: m.training for m in net.modules()}
     handles = []
     try:
         for m in net.modules():
-            if isinstance(m, _CONV + _CONV_T + (nn.Linear,)):
+            if isinstance(m, nn.MultiheadAttention):
+                handles.append(m.register_forward_hook(mha_hook, with_kwargs=True))
+            elif isinstance(m, _CONV + _CONV_T + (nn.Linear,)):
                 handles.append(m.register_forward_hook(hook))
             heads = find_heads(names.get(id(m), ""), m)
             if heads is not None:

@@ -198,11 +198,13 @@ class Analyzer:
             any(b is not None for b in mod._buffers.values())
         if has_state and self.calls.get(name, 0) > 1:
             return self._called_twice(node, mod, out_shape)
+        rule = rule_for(mod)
+        if rule is not None and getattr(rule, "multi_input", False):   # reads node.args itself
+            return rule(self, node, mod, info, in_shape, out_shape)
         if len(node.args) != 1 or node.kwargs:
             return self.fallback(node, f"{type(mod).__name__} '{name}' with several inputs")
         if isinstance(info, ChannelTuple):
             return self.fallback(node, f"{type(mod).__name__} '{name}' on a tuple of tensors")
-        rule = rule_for(mod)
         if rule is None:
             return self.fallback(node, f"{type(mod).__name__} '{name}'")
         return rule(self, node, mod, info, in_shape, out_shape)

@@ -24,8 +24,13 @@ Recognised structures (duck-typed, no import of transformers):
 * ``self.query``/``self.key``/``self.value`` with ``self.attention_head_size`` and
   ``output.dense`` (BERT-style ``BertAttention``).
 
-``nn.MultiheadAttention`` is not: its packed projection needs ``num_heads * head_dim ==
-embed_dim`` (the input width), so heads cannot go without changing the residual stream.
+``nn.MultiheadAttention`` (torchvision's ViT) is a module rule (``multihead_attention``, listed
+in ``module_rules.MODULE_RULES``): its packed ``in_proj_weight`` rows are three blocks of
+``num_heads * head_dim`` rows, each head a class with its ``out_proj`` columns; ``num_heads`` (and
+an int ``num_heads`` of the module holding it, torchvision's ``EncoderBlock``) follow the heads.
+Its forward needs ``num_heads * head_dim == embed_dim``, so thinning makes it a
+``compressor.thinning.mha.ThinMultiheadAttention`` (same module, class changed in place, replayed
+by recipes), whose input and output widths are its tensors' and need not equal the heads' width.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from typing import Dict, List, Optional
 
 from torch import nn
 
-from .records import ChannelGraph, Consumer, Follower, Producer
+from .records import ChannelGraph, ChannelInfo, ChannelTuple, Consumer, Follower, Producer
 
 
 @dataclass
@@ -134,3 +139,84 @@ def add_heads(g: ChannelGraph, model: nn.Module, heads: Heads, soft: Dict[int, s
         for attr, role in attrs.items():
             g.followers.append(Follower(path, [], [attr], list(per_role[role])))
     return units
+
+
+def mha_blocker(mod: nn.Module) -> Optional[str]:
+    """Why the heads of ``mod`` (an ``nn.MultiheadAttention``) cannot be thinned, or None."""
+    if not mod._qkv_same_embed_dim or mod.in_proj_weight is None:
+        return "separate q/k/v projection weights (kdim or vdim != embed_dim) are not supported"
+    if mod.bias_k is not None or mod.add_zero_attn:
+        return "add_bias_kv / add_zero_attn are not supported"
+    inner = mod.num_heads * mod.head_dim
+    if mod.in_proj_weight.shape[0] != 3 * inner or mod.out_proj.in_features != inner:
+        return (f"in_proj_weight has {mod.in_proj_weight.shape[0]} rows and out_proj "
+                f"{mod.out_proj.in_features} inputs, not 3 x and 1 x num_heads x head_dim = {inner}")
+    return None
+
+
+_MHA_ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+
+
+def multihead_attention(an, node, mod, info, in_shape, out_shape):
+    """The rule of ``nn.MultiheadAttention`` (see the module docstring); it takes several inputs
+    (``multi_input``): query, key and value are read through the same ``in_proj_weight`` columns,
+    so their channels are joined; masks must not carry followed channels."""
+    name = str(node.target)
+    bound = dict(zip(_MHA_ARGS, node.args))
+    bound.update(node.kwargs)
+    qkv = [bound.get(k) for k in ("query", "key", "value")]
+    infos = [an.env.get(x) if hasattr(x, "op") else None for x in qkv]
+    what = f"MultiheadAttention '{name}'"
+    for k, x in bound.items():
+        if k not in ("query", "key", "value") and hasattr(x, "op") and an.env.get(x) is not None:
+            return an.fallback(node, f"{what} with followed channels in its '{k}'")
+    if any(isinstance(i, ChannelTuple) for i in infos):
+        return an.fallback(node, f"{what} on a tuple of tensors")
+    why = mha_blocker(mod)
+    if why is None and (in_shape is None or len(in_shape) not in (2, 3)):
+        why = "its input shape is unknown or not (batch, tokens, channels)"
+    if why is not None:
+        return an.fallback(node, f"{what}: {why}")
+    last = len(in_shape) - 1
+    width = mod.in_proj_weight.shape[1]
+    ids = None
+    for i in infos:
+        if i is None:
+            continue
+        if i.cdim != last or len(i.ids) != width:
+            an.hard(i, f"{what} reads channels on dim {i.cdim} ({len(i.ids)}), not its "
+                       f"{width} input features on the last dim")
+            continue
+        an.mark_dirty(i)
+        if ids is None:
+            ids = list(i.ids)
+        else:
+            for a, b in zip(ids, i.ids):
+                an.g.uf.union(a, b)
+    g = an.g
+    if ids is not None:
+        g.consumers.append(Consumer(name, f"{name}.in_proj_weight", 1, ids, "dense",
+                                    attr="embed_dim"))
+    h, d = mod.num_heads, mod.head_dim
+    units = g.uf.new(h)
+    rows = [units[r // d] for r in range(h * d)]
+    bias = f"{name}.in_proj_bias" if mod.in_proj_bias is not None else None
+    g.producers.append(Producer(name, f"{name}.in_proj_weight", bias, 0, rows * 3, "dense",
+                                attr=""))
+    out = f"{name}.out_proj"
+    g.consumers.append(Consumer(out, f"{out}.weight", 1, list(rows), "dense", attr="in_features"))
+    out_ids = g.uf.new(mod.out_proj.out_features)
+    g.producers.append(Producer(out, f"{out}.weight",
+                                f"{out}.bias" if mod.out_proj.bias is not None else None, 0,
+                                out_ids, "dense", attr="out_features"))
+    g.followers.append(Follower(name, [], ["num_heads"], list(units)))
+    parent = name.rpartition(".")[0]
+    holder = an.modules.get(parent)
+    if parent and holder is not None and getattr(holder, "num_heads", None) == h and \
+            type(getattr(holder, "num_heads")) is int and \
+            sum(isinstance(m, nn.MultiheadAttention) for m in holder.children()) == 1:
+        g.followers.append(Follower(parent, [], ["num_heads"], list(units)))
+    return ChannelTuple([ChannelInfo(out_ids, last), None])
+
+
+multihead_attention.multi_input = True

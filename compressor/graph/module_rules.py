@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 from torch import nn
 
+from .attention import multihead_attention
 from .channel_ops import pad, reshape, softmax, spatial
 from .nodes import qualified_name
 from .optables import ACT_DIRTY, ACT_ZERO, NAMED_ZERO, PADS, POOLS
@@ -265,6 +266,7 @@ MODULE_RULES: Dict[type, ModuleRule] = {
     nn.Softmax: softmax_module,
     nn.LogSoftmax: softmax_module,
     nn.Softmin: softmax_module,
+    nn.MultiheadAttention: multihead_attention,   # several inputs (query, key, value)
 }
 
 

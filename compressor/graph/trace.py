@@ -56,7 +56,9 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if _wrapped(m) is not None:
             return False
-        return selects_channels(m) or super().is_leaf_module(m, module_qualified_name)
+        # nn.MultiheadAttention and its thinned subclass stay one node (a rule reads its heads)
+        return selects_channels(m) or isinstance(m, nn.MultiheadAttention) or \
+            super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward, args, kwargs):
         inner = _wrapped(m)

@@ -90,7 +90,8 @@ def build_recipe(plan: "Plan", model: nn.Module) -> ThinningResult:
         op(p.weight, SliceOp(p.out_dim, keep))
         if p.bias:
             op(p.bias, SliceOp(0, keep))
-        attrs(p.module)[p.attr] = len(keep)
+        if p.attr:   # '' : no attribute counts these rows (a packed q/k/v weight)
+            attrs(p.module)[p.attr] = len(keep)
         result.removed[p.module] = (len(p.ids) - len(keep), len(p.ids))
         if p.bias:
             b = tensors[p.bias].detach()

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ThinningError
 from ..masks import unwrap
+from .mha import make_thin
 from .recipe import Recipe, Selection, SliceOp, as_recipe
 from .record import record_recipe
 from .selection import can_select, set_selection
@@ -180,6 +181,7 @@ def _apply_one(model: nn.Module, recipe: Recipe, optimizer, store) -> None:
             t.data = apply_ops(t.data, ops)
     for mname, change in recipe.modules.items():
         mod = model.get_submodule(mname) if mname else model
+        make_thin(mod)   # an nn.MultiheadAttention whose widths change: see thinning.mha
         for attr, value in change.attrs.items():
             setattr(mod, attr, int(value))
     for mname, spec in (recipe.selections or {}).items():
