@@ -7,7 +7,7 @@ path). Masks are plain tensors; the store's ``state_dict`` holds them as bool te
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -52,6 +52,10 @@ class MaskStore:
         self.forward_only: set = set()
         self._grad_hooks: Dict[str, object] = {}
         self._fused: Optional[tuple] = None  # cached (params, masks) lists for the hot path
+        # called (no arguments) once the masks changed and were applied: a LayerNorm over
+        # channels is told which channels are zero (``compressor.thinning.norms``)
+        self.listeners: List[Callable[[], None]] = []
+        self._changed = False
 
     # -- editing -------------------------------------------------------------------------------
     def set(self, name: str, mask: Optional[torch.Tensor], intersect: bool = True) -> None:
@@ -60,6 +64,7 @@ class MaskStore:
         With ``intersect`` the new mask is combined with the old one so masks only ever add zeros.
         """
         self._fused = None
+        self._changed = True
         if mask is None:
             self.masks.pop(name, None)
             return
@@ -89,6 +94,7 @@ class MaskStore:
         params = [self.params[n] for n in names]
         if params:
             torch._foreach_mul_(params, [self.masks[n] for n in names])
+        self._notify()
 
     @torch.no_grad()
     def apply_after_step(self) -> None:
@@ -99,6 +105,14 @@ class MaskStore:
         params, masks = self._fused
         if params:
             torch._foreach_mul_(params, masks)
+        if self._changed:
+            self._notify()
+
+    def _notify(self) -> None:
+        if self._changed and self.listeners:
+            self._changed = False
+            for listen in list(self.listeners):
+                listen()
 
     def set_forward_only(self, name: str, on: bool) -> None:
         self._fused = None

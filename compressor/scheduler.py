@@ -104,12 +104,19 @@ class _MaskerDict(MappingABC):
         return len(self._store.params)
 
 
+def _norm_listener(model: nn.Module):
+    from .thinning.norms import norm_listener   # thinning imports the graph package: lazily
+    return norm_listener(model)
+
+
 class CompressionScheduler:
     """Dispatches training-loop events to policies, in order, on the epochs they are scheduled."""
 
     def __init__(self, model: nn.Module, zeros_mask_dict=None, device=None):
         self.model = model
         self.store = MaskStore(model)
+        # LayerNorms over channels are told which channels the masks made zero (thinning.norms)
+        self.store.listeners.append(_norm_listener(model))
         self.policies: Dict[int, List[ScheduledTrainingPolicy]] = defaultdict(list)
         self.ordered: List[ScheduledTrainingPolicy] = []
         self.keys: List[str] = []

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optiona
 import torch
 import torch.fx
 import torch.nn.functional as F
+from torch import nn
 
 from .channel_ops import pad, reshape, softmax, spatial
-from .nodes import node_shape, target_name, where
-from .optables import (ARITH, CAT, F_DIRTY, F_POOL, F_ZERO, M_ARITH, M_DIRTY, M_REDUCE, M_ZERO,
-                       NAMED_ZERO, REDUCE)
+from .module_rules import channel_norm
+from .nodes import module_path, node_shape, qualified_name, target_name, where
+from .optables import (ARITH, CAT, F_DIRTY, F_POOL, F_ZERO, LN_CHANNEL_DIM, M_ARITH, M_DIRTY,
+                       M_REDUCE, M_ZERO, NAMED_ZERO, REDUCE)
 from .records import Balanced, ChannelInfo, ChannelTuple
 
 if TYPE_CHECKING:
@@ -369,6 +371,12 @@ def layer_norm(an: "Analyzer", node, c: Call) -> Optional[ChannelInfo]:
     if not c.single or c.in_shape is None or not isinstance(shape, (list, tuple)):
         return an.fallback(node, c.name)
     if c.info.cdim >= len(c.in_shape) - len(shape):
+        owner = an.modules.get(module_path(node))   # ConvNeXt's LayerNorm2d traced into
+        if isinstance(owner, nn.LayerNorm) and len(shape) == 1 and \
+                LN_CHANNEL_DIM.get(qualified_name(type(owner)), -1) != -1 and \
+                c.info.cdim == len(c.in_shape) - 1:
+            return channel_norm(an, node, module_path(node), owner, c.info, len(c.in_shape), -1,
+                                LN_CHANNEL_DIM[qualified_name(type(owner))])
         return an.mixing(node, c.info, f"{c.name} normalizes over the channel dimension (a "
                                          f"removed channel would still count in its mean and "
                                          f"variance)")

@@ -17,7 +17,7 @@ from .attention import multihead_attention
 from .channel_ops import pad, reshape, softmax, spatial
 from .nodes import qualified_name
 from .optables import ACT_DIRTY, ACT_ZERO, NAMED_ZERO, PADS, POOLS
-from .records import ChannelInfo, Consumer, Follower, Producer
+from .records import ChannelInfo, Consumer, Follower, NormRecord, Producer
 from .trace import selects_channels
 
 if TYPE_CHECKING:
@@ -159,14 +159,45 @@ def batchnorm(an: "Analyzer", node, mod, info, in_shape, out_shape) -> Optional[
     return ChannelInfo(ids, 1, dirty)
 
 
+def channel_norm(an: "Analyzer", node, name: str, mod, info, ndim: int, cd: Optional[int],
+                 module_cd: Optional[int] = None) -> Optional[ChannelInfo]:
+    """A LayerNorm ``name`` normalizing channel dim ``cd`` of its ``ndim``-dim input (None: a
+    LayerNorm whose channel dim we do not know). A plain one blocks its channels for thinning
+    until it is told which are zero (``compressor.thinning.norms``), not for the dry run; a told
+    one (``kept``) outputs exactly 0 on the others, which are followed like a per-channel layer.
+    ``module_cd``: the channel dim of the module's own input when ``cd`` is that of a tensor its
+    forward permuted (LayerNorm2d)."""
+    if cd is None or cd % ndim != info.cdim or len(mod.normalized_shape) != 1 or \
+            mod.normalized_shape[0] != len(info.ids):
+        return an.mixing(node, info, f"LayerNorm '{name}' normalizes over the channel dimension "
+                                     f"(a removed channel would still count in its mean and "
+                                     f"variance)")
+    an.mark_dirty(info)
+    an.g.norms.append(NormRecord(name, list(info.ids), cd if module_cd is None else module_cd))
+    kept = getattr(mod, "kept", None) if getattr(type(mod), "graph_leaf", False) else None
+    reason = (f"LayerNorm '{name}' normalizes over the channel dimension and still counts this "
+              f"channel in its mean and variance (the scheduler's mask store tells it the channels "
+              f"its masks made zero, or call compressor.thinning.tell_norms(model))")
+    for k, i in enumerate(info.ids):
+        if kept is None or bool(kept[k]):
+            an.g.norm_elems.setdefault(i, reason)
+    if kept is not None:
+        an.g.followers.append(Follower(name, [f"{name}.{t}" for t in ("weight", "bias")
+                                              if getattr(mod, t, None) is not None],
+                                       ["normalized_shape"], list(info.ids)))
+    return info.with_(dirty=None)
+
+
 def layernorm(an: "Analyzer", node, mod, info, in_shape, out_shape) -> Optional[ChannelInfo]:
     if info is None or in_shape is None:
         return info
+    if getattr(type(mod), "graph_leaf", False):   # told the mask: it knows its channel dim
+        return channel_norm(an, node, str(node.target), mod, info, len(in_shape),
+                            getattr(mod, "channel_dim", None))
     first = len(in_shape) - len(mod.normalized_shape)
     if info.cdim >= first:
-        return an.mixing(node, info, f"LayerNorm '{node.target}' normalizes over the "
-                                       f"channel dimension (a removed channel would still count "
-                                       f"in its mean and variance)")
+        return channel_norm(an, node, str(node.target), mod, info, len(in_shape),
+                            -1 if type(mod) is nn.LayerNorm else None)
     return info.dirtied(f"LayerNorm '{node.target}' maps a zero channel to its bias") \
         if mod.bias is not None else info
 

@@ -60,3 +60,9 @@ SHAPE_QUERIES = {"size", "dim", "numel", "ndimension", "nelement", "get_device"}
 # the module traces into it, unless a tracer keeps it as a leaf.
 NAMED_ZERO = {"torchvision.ops.stochastic_depth.stochastic_depth",
               "torchvision.ops.stochastic_depth.StochasticDepth"}
+
+# LayerNorm classes whose forward normalizes exactly one channel dim, by qualified name: nn.LayerNorm
+# its last dim, torchvision's ConvNeXt ``LayerNorm2d`` (permute, F.layer_norm, permute) dim 1.
+# Thinning may tell them the mask (``compressor.thinning.norms``); other subclasses are mixing.
+LN_CHANNEL_DIM = {"torch.nn.modules.normalization.LayerNorm": -1,
+                  "torchvision.models.convnext.LayerNorm2d": 1}

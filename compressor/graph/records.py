@@ -83,6 +83,17 @@ class ParamSlice:
 
 
 @dataclass
+class NormRecord:
+    """A LayerNorm over channels (``module``, normalizing dim ``channel_dim`` of its input) reading
+    the channels ``ids``: they may be removed only once it is told they are zero (see
+    ``compressor.thinning.norms``); until then they are blocked for thinning but not for the
+    dry run's list of thinnable layers (``ChannelGraph.norm``)."""
+    module: str
+    ids: List[int]
+    channel_dim: int
+
+
+@dataclass
 class WidthAttr:
     """An integer module attribute the forward uses as a channel count (torchvision ViT's
     ``hidden_dim`` in a ``reshape``): set to the number of channels of ``ids`` that stay."""
@@ -170,6 +181,9 @@ class ChannelGraph:
     balanced: List[Balanced] = field(default_factory=list)
     params: List[ParamSlice] = field(default_factory=list)
     widths: List[WidthAttr] = field(default_factory=list)
+    norms: List[NormRecord] = field(default_factory=list)
+    norm: Dict[int, str] = field(default_factory=dict)    # root -> reason (a LayerNorm not told)
+    norm_elems: Dict[int, str] = field(default_factory=dict)   # the same per element
 
     def link_and_block(self, open_links: Iterable[str] = ()) -> None:
         """Join every follower link except those of ``open_links`` (modules), then map the
@@ -183,13 +197,16 @@ class ChannelGraph:
         for src, dst in zip(self.blocks, (self.hard, self.soft, self.dirty)):
             for el, reason in src.items():
                 dst.setdefault(find(el), reason)
+        for el, reason in self.norm_elems.items():
+            self.norm.setdefault(find(el), reason)
 
     def cut(self, modules: Iterable[str]) -> "ChannelGraph":
         """The same layers with the links of the batch norms ``modules`` left open: their output
         channels form classes apart from their input's, so they can drop channels it keeps."""
         g = ChannelGraph(self.model_name, self.input_shape, self.producers, self.consumers,
                          self.followers, base=self.base, blocks=self.blocks,
-                         balanced=self.balanced, params=self.params, widths=self.widths)
+                         balanced=self.balanced, params=self.params, widths=self.widths,
+                         norms=self.norms, norm_elems=self.norm_elems)
         g.uf.parent = list(self.base)
         g.link_and_block(modules)
         return g

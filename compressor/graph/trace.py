@@ -2,7 +2,8 @@
 channel-selecting modules kept as leaves.
 
 A module whose class sets ``selects_channels = True`` (thinning's channel-selecting batch norm, see
-``compressor.thinning.selection``) is one leaf of the graph: its ``index_select`` then needs no
+``compressor.thinning.selection``) or ``graph_leaf = True`` (a LayerNorm told the mask,
+``compressor.thinning.norms``) is one leaf of the graph: its ``index_select`` then needs no
 tracing, and the graph code knows its output channels are not its input's. ``trace`` is the one
 entry every graph reader uses; it raises ``TraceError`` (a ``CompressorError``) naming the model
 when torch.fx cannot follow its forward, and callers word that for their own purpose.
@@ -58,6 +59,7 @@ class _Tracer(torch.fx.Tracer):
             return False
         # nn.MultiheadAttention and its thinned subclass stay one node (a rule reads its heads)
         return selects_channels(m) or isinstance(m, nn.MultiheadAttention) or \
+            getattr(type(m), "graph_leaf", False) is True or \
             super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward, args, kwargs):

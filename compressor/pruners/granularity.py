@@ -68,10 +68,18 @@ class Granularity:
         """
         return self.canonical in ("Filters", "Cols")
 
-    def check(self, name: str, shape: Sequence[int]) -> None:
-        """``ComponentArgError('group_type', ...)`` unless the type cuts parameter ``name``."""
-        check_group_type(self.group_type, shape, "group_type", block_shape=self.block_shape,
-                         what=f"parameter '{name}'", allowed=self.allowed)
+    def _type(self, shape: Sequence[int]) -> str:
+        """The group type for a weight of ``shape``: ``Filters`` on a Linear weight (rank 2) that
+        is coupled to convolutions (ConvNeXt's and ViT's residual streams) is its output neurons,
+        ``Cols``; listed weights are checked strictly (``check``)."""
+        return "Cols" if self.canonical == "Filters" and len(shape) == 2 else self.group_type
+
+    def check(self, name: str, shape: Sequence[int], coupled: bool = False) -> None:
+        """``ComponentArgError('group_type', ...)`` unless the type cuts parameter ``name``
+        (``coupled``: a weight coupled to a listed one, see ``_type``)."""
+        check_group_type(self._type(shape) if coupled else self.group_type, shape, "group_type",
+                         block_shape=self.block_shape, what=f"parameter '{name}'",
+                         allowed=self.allowed + ("Cols",) if coupled else self.allowed)
         if self.n_groups(shape) < 2:
             raise ComponentArgError(
                 "group_type", f"group type {self.group_type!r} cuts parameter '{name}' of shape "
@@ -79,17 +87,18 @@ class Granularity:
                               f"{listing(self.allowed)} with more than one group")
 
     def n_groups(self, shape: Sequence[int]) -> int:
-        return group_layout(shape, self.group_type, self.block_shape).n_groups
+        return group_layout(shape, self._type(shape), self.block_shape).n_groups
 
     def norms(self, weight: torch.Tensor, norm: str) -> torch.Tensor:
         """One statistic per structure (see ``groups.group_norms``), in group order."""
-        return group_norms(weight.detach(), self.group_type, norm, block_shape=self.block_shape)
+        return group_norms(weight.detach(), self._type(weight.shape), norm,
+                           block_shape=self.block_shape)
 
     def sums(self, t: torch.Tensor) -> torch.Tensor:
         """The signed sum of ``t`` over each structure, in group order."""
-        layout = group_layout(t.shape, self.group_type, self.block_shape)
+        layout = group_layout(t.shape, self._type(t.shape), self.block_shape)
         return t.reshape(layout.view_shape).sum(dim=layout.reduce_dims).reshape(-1)
 
     def expand(self, keep: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """A per-structure vector broadcast to a tensor of ``shape``."""
-        return expand_group_mask(keep, shape, self.group_type, block_shape=self.block_shape)
+        return expand_group_mask(keep, shape, self._type(shape), block_shape=self.block_shape)

@@ -263,7 +263,7 @@ class RankedStructurePruner(Pruner):
             for m in unit.members:
                 if m not in self.weights:
                     try:
-                        self.granularity.check(m, params[m].shape)
+                        self.granularity.check(m, params[m].shape, coupled=True)
                     except ComponentArgError as e:
                         raise ComponentArgError("weights", f"'{m}' must share filter masks with "
                                                            f"'{unit.target_name}' but: {e.reason}") from None

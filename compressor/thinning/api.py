@@ -12,6 +12,7 @@ from ..masks import unwrap
 from .execute import apply_recipe
 from ..graph import analyze_graph
 from .inputs import ExampleInput, sample_input
+from .norms import restrict_norms
 from .build import ThinningResult, build_recipe
 from .plan import MODES, make_plan
 
@@ -34,6 +35,7 @@ def thin(model: nn.Module, kind: str = "contract_model", example_input: ExampleI
     result = build_recipe(plan, target)
     if result.typed_recipe is not None:
         apply_recipe(target, result.typed_recipe, optimizer=optimizer, store=store)
+        restrict_norms(target, result.norm_keeps)
     return result
 
 

@@ -43,6 +43,8 @@ class ThinningResult:
     nonzero_bias_layers: Dict[str, int] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     selected: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    #: {LayerNorm told the mask: the positions of its channels that stay} (``norms``)
+    norm_keeps: Dict[str, List[int]] = field(default_factory=dict, repr=False)
 
     @property
     def recipe(self) -> Optional[dict]:
@@ -133,6 +135,8 @@ def build_recipe(plan: "Plan", model: nn.Module) -> ThinningResult:
             continue
         for t in f.tensors:
             op(t, SliceOp(0, keep))
+        if "normalized_shape" in f.attrs:
+            result.norm_keeps[f.module] = keep
         for a in f.attrs:
             attrs(f.module)[a] = len(keep)
         if f.shift:

@@ -182,8 +182,8 @@ def _apply_one(model: nn.Module, recipe: Recipe, optimizer, store) -> None:
     for mname, change in recipe.modules.items():
         mod = model.get_submodule(mname) if mname else model
         make_thin(mod)   # an nn.MultiheadAttention whose widths change: see thinning.mha
-        for attr, value in change.attrs.items():
-            setattr(mod, attr, int(value))
+        for attr, value in change.attrs.items():   # a LayerNorm's width is a tuple
+            setattr(mod, attr, (int(value),) if attr == "normalized_shape" else int(value))
     for mname, spec in (recipe.selections or {}).items():
         set_selection(model.get_submodule(mname), spec.in_channels, spec.index)
 

@@ -107,6 +107,8 @@ def make_plan(graph: ChannelGraph, model: nn.Module, kind: str) -> Plan:
             errors.setdefault(owner.get(r, "?"), graph.hard[r])
         elif r in graph.soft:
             continue
+        elif r in graph.norm:
+            errors.setdefault(owner.get(r, "?"), graph.norm[r])
         elif r not in ignored and r in graph.dirty:
             errors.setdefault(owner.get(r, "?"), graph.dirty[r])
         else:
