@@ -12,6 +12,11 @@ Count rule (Distiller's): k = rounding_fn(fraction * N) structures, rounded to a
 pruned, ties broken by position (Distiller's threshold over-pruned on ties). Structures already
 masked count towards k, so a schedule never overshoots its target.
 
+``round_to`` (Torch-Pruning's name): the count kept, N - k, is rounded *up* to a multiple of
+``round_to`` (fewer are pruned, never more), so the thinned width is a multiple of it; when N itself
+is not a multiple and no smaller multiple fits, nothing is pruned. ``group_size`` rounds the count
+pruned instead; the two are not combined.
+
 Grouped convolutions: thinning removes a grouped convolution's channels only in equal numbers per
 group. When a unit's filters feed or are one (``Unit.cells``, from the graph), the count rule is
 applied to each group's structures on its own, k_g = count(fraction, N / G), and the k_g lowest of
@@ -57,6 +62,18 @@ def structures_to_prune(fraction: float, n: int, group_size: int = 1,
     if k == n and fraction != 1.0:
         k = max(0, n - group_size)
     return k
+
+
+def round_kept(k: int, n: int, round_to: int = 1, cells: int = 1) -> int:
+    """The largest count ``k' <= k`` to prune from each of ``cells`` equal cells of ``n``
+    structures such that the count kept, ``cells * (n - k')``, is a multiple of ``round_to``
+    (0 when none is)."""
+    if round_to <= 1:
+        return k
+    for j in range(k, 0, -1):
+        if (cells * (n - j)) % round_to == 0:
+            return j
+    return 0
 
 
 # -- targets: the sparsity to reach at a pruning step ------------------------------------------
@@ -124,6 +141,17 @@ def _check_group_size(value) -> int:
     return value
 
 
+def _check_round_to(value, group_size: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ComponentArgError("round_to", f"must be a positive integer (the kept count becomes "
+                                            f"a multiple of it, e.g. 8); got {value!r}")
+    if value > 1 and group_size > 1:
+        raise ComponentArgError("round_to", f"give round_to (a multiple of it is kept) or "
+                                            f"group_size (a multiple of it is pruned), not both; "
+                                            f"got round_to={value}, group_size={group_size}")
+    return value
+
+
 def check_seed(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ComponentArgError("seed", f"must be an integer; got {value!r}")
@@ -167,7 +195,7 @@ class RankedStructurePruner(Pruner):
                  granularity: Granularity, target: Callable[[str, PruneContext], float],
                  group_dependency: Optional[str] = None, group_size: int = 1,
                  rounding_fn: Callable = math.floor, noise: float = 0.0, seed: int = 0,
-                 model: Optional[nn.Module] = None):
+                 model: Optional[nn.Module] = None, round_to: int = 1):
         super().__init__(name)
         self.weights = _check_weights(weights)
         self.criterion, self.granularity, self.target = criterion, granularity, target
@@ -177,6 +205,7 @@ class RankedStructurePruner(Pruner):
                                                   f"{granularity.group_type!r}")
         self.group_dependency = _check_dependency(group_dependency)
         self.group_size = _check_group_size(group_size)
+        self.round_to = _check_round_to(round_to, self.group_size)
         self.rounding_fn = _check_rounding(rounding_fn)
         self.noise = check_number("noise", noise, 0.0, 1.0, high_open=False)
         self.seed = check_seed(seed)
@@ -350,7 +379,8 @@ class RankedStructurePruner(Pruner):
         cells = unit.cells if unit.cells is not None and len(unit.cells) == n else None
         if cells is not None:
             return self._select_per_cell(unit, params, ctx, fraction, n, torch.tensor(cells))
-        k = structures_to_prune(fraction, n, self.group_size, self.rounding_fn)
+        k = round_kept(structures_to_prune(fraction, n, self.group_size, self.rounding_fn), n,
+                       self.round_to)
         if k == 0:
             return None
         scores = self.unit_scores(unit, params, ctx, n)
@@ -365,7 +395,8 @@ class RankedStructurePruner(Pruner):
                          cells: torch.Tensor) -> Optional[torch.Tensor]:
         """The count rule and the ranking within each cell (a group of a grouped convolution)."""
         n_cells = int(cells.max()) + 1
-        k = structures_to_prune(fraction, n // n_cells, self.group_size, self.rounding_fn)
+        k = round_kept(structures_to_prune(fraction, n // n_cells, self.group_size,
+                                           self.rounding_fn), n // n_cells, self.round_to, n_cells)
         if k == 0:
             return None
         scores = self.unit_scores(unit, params, ctx, n)

@@ -34,10 +34,10 @@ class _FixedForm(RankedStructurePruner):
                  weights: Optional[Sequence[str]] = None, group_dependency: Optional[str] = None,
                  kwargs: Optional[dict] = None, noise: float = 0.0, group_size: int = 1,
                  rounding_fn="floor", fraction_to_prune: Optional[float] = None, seed: int = 0,
-                 model: Optional[nn.Module] = None):
+                 model: Optional[nn.Module] = None, round_to: int = 1):
         target = FixedTarget(desired_fraction(desired_sparsity, fraction_to_prune))
         _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
-               rounding_fn, seed, model)
+               rounding_fn, seed, model, round_to)
 
 
 class _AGPForm(RankedStructurePruner):
@@ -48,14 +48,15 @@ class _AGPForm(RankedStructurePruner):
     def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
                  weights: Sequence[str], group_dependency: Optional[str] = None,
                  kwargs: Optional[dict] = None, noise: float = 0.0, group_size: int = 1,
-                 rounding_fn="floor", seed: int = 0, model: Optional[nn.Module] = None):
+                 rounding_fn="floor", seed: int = 0, model: Optional[nn.Module] = None,
+                 round_to: int = 1):
         target = AGPTarget(*agp_fractions(initial_sparsity, final_sparsity))
         _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
-               rounding_fn, seed, model)
+               rounding_fn, seed, model, round_to)
 
 
 def _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
-           rounding_fn, seed, model):
+           rounding_fn, seed, model, round_to=1):
     if weights is None:
         raise ComponentArgError("weights", "is required: a list of weight names")
     seed = check_seed(seed)
@@ -65,7 +66,8 @@ def _build(self, name, group_type, weights, target, group_dependency, kwargs, no
         allowed = tuple(t for t in allowed if t in criterion.group_types)
     granularity = Granularity(group_type, kwargs, allowed)
     RankedStructurePruner.__init__(self, name, weights, criterion, granularity, target,
-                                   group_dependency, group_size, rounding_fn, noise, seed, model)
+                                   group_dependency, group_size, rounding_fn, noise, seed, model,
+                                   round_to)
 
 
 @PRUNERS.register
@@ -78,10 +80,10 @@ class RankedStructureParameterPruner(_FixedForm):
                  group_dependency: Optional[str] = None, kwargs: Optional[dict] = None,
                  noise: float = 0.0, group_size: int = 1, rounding_fn="floor",
                  fraction_to_prune: Optional[float] = None, seed: int = 0,
-                 model: Optional[nn.Module] = None):
+                 model: Optional[nn.Module] = None, round_to: int = 1):
         self.criterion_name = criterion
         super().__init__(name, group_type, desired_sparsity, weights, group_dependency, kwargs, noise,
-                         group_size, rounding_fn, fraction_to_prune, seed, model)
+                         group_size, rounding_fn, fraction_to_prune, seed, model, round_to)
 
 
 @PRUNERS.register
@@ -92,10 +94,11 @@ class StructuredAutomatedGradualPruner(_AGPForm):
                  weights: Sequence[str], criterion: str = "L1",
                  group_dependency: Optional[str] = None, kwargs: Optional[dict] = None,
                  noise: float = 0.0, group_size: int = 1, rounding_fn="floor", seed: int = 0,
-                 model: Optional[nn.Module] = None):
+                 model: Optional[nn.Module] = None, round_to: int = 1):
         self.criterion_name = criterion
         super().__init__(name, initial_sparsity, final_sparsity, group_type, weights,
-                         group_dependency, kwargs, noise, group_size, rounding_fn, seed, model)
+                         group_dependency, kwargs, noise, group_size, rounding_fn, seed, model,
+                         round_to)
 
 
 @PRUNERS.register
@@ -106,7 +109,8 @@ class RandomLevelStructureParameterPruner(_FixedForm):
     def __init__(self, name: str, group_type: str, sparsity_range: Sequence[float],
                  weights: Sequence[str], group_dependency: Optional[str] = None,
                  kwargs: Optional[dict] = None, noise: float = 0.0, group_size: int = 1,
-                 rounding_fn="floor", seed: int = 0, model: Optional[nn.Module] = None):
+                 rounding_fn="floor", seed: int = 0, model: Optional[nn.Module] = None,
+                 round_to: int = 1):
         ok = isinstance(sparsity_range, (list, tuple)) and len(sparsity_range) == 2
         if not ok:
             raise ComponentArgError("sparsity_range", f"must be [low, high] with 0 <= low <= high < 1; "
@@ -117,7 +121,7 @@ class RandomLevelStructureParameterPruner(_FixedForm):
             raise ComponentArgError("sparsity_range", f"low ({low}) must be <= high ({high})")
         target = RandomLevelTarget(low, high, check_seed(seed))
         _build(self, name, group_type, weights, target, group_dependency, kwargs, noise, group_size,
-               rounding_fn, seed, model)
+               rounding_fn, seed, model, round_to)
 
 
 # -- Distiller's names ------------------------------------------------------------------------
