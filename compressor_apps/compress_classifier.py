@@ -24,6 +24,7 @@ from compressor.distributed import ElasticDDP, init_from_env, wait_for_peers_to_
 from compressor.errors import CompressorError, OptimizerMismatchError
 from compressor.scheduler import CompressionScheduler
 from .best import BestScores
+from .deploy import DeployConfig, export_at_end
 from .common import (choose_seed, make_optimizer, make_run_dir, pick_device, reports_error,
                      seed_everything, setup_logging)
 from .epochs import Loop
@@ -46,8 +47,11 @@ def shared_seed(config: RunConfig, distributed: bool) -> int:
     return seed
 
 
-def run(config: RunConfig, kd: Optional[KDConfig] = None) -> int:
+def run(config: RunConfig, kd: Optional[KDConfig] = None,
+        deploy: Optional[DeployConfig] = None) -> int:
     """Run the mode ``config`` asks for (or train); returns the exit code."""
+    if deploy is not None and deploy.enabled:
+        deploy.check_mode(config)
     env = init_from_env(config.cpu)
     distributed = env is not None
     if config.compile and distributed:   # refused before any file (run.log) is written
@@ -166,11 +170,14 @@ def run(config: RunConfig, kd: Optional[KDConfig] = None) -> int:
     num_classes = getattr(test_loader, "num_classes", None)
     if config.evaluate:
         loop.test(num_classes)
-        return 0
-    code = loop.run(start_epoch, skip, meters)
-    if code == 0:
+    else:
+        code = loop.run(start_epoch, skip, meters)
+        if code != 0:
+            return code
         loop.test(num_classes)
-    return code
+    if deploy is not None and deploy.enabled and main_rank:
+        export_at_end(deploy, model, train_loader, model_dataset, run_dir)
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -183,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.error = one_line_error
     args = parser.parse_args(argv)
     try:
-        return run(RunConfig.from_args(args), KDConfig.from_args(args))
+        return run(RunConfig.from_args(args), KDConfig.from_args(args), DeployConfig.from_args(args))
     except CompressorError as e:
         if reports_error(e):   # under torchrun, rank 0 alone for what every rank finds
             sys.stderr.write(f"{parser.prog}: error: {e}\n")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from .deploy import add_deploy_args
 from .kd import add_distillation_args
 
 SUMMARIES = ("sparsity", "compute", "model", "modules", "thinning")
@@ -147,4 +148,5 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress-bar", action="store_true",
                    help="print progress lines even on a terminal")
     add_distillation_args(p)
+    add_deploy_args(p)
     return p

@@ -11,7 +11,8 @@ with a dynamic batch dimension and ``torch.export.save``.
 Loading needs only torch for a float program; an int8 program holds torchao's
 ``quantized_decomposed`` ops, so ``import torchao`` must come before ``torch.export.load``
 (``load_program`` does that).  The int8 graph is a reference (quantize / dequantize around float
-ops): it is fast only after ``torch.compile`` with ``torch._inductor.config.freezing = True``,
+ops): it is fast only after ``torch.compile(m, dynamic=False)`` with
+``torch._inductor.config.freezing = True``,
 which fuses it into int8 oneDNN kernels; eager it is slower than float.  See docs/deploy.md.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..errors import CompressorError
 from .fold_bn import FoldReport, fold_batch_norms
 
 __all__ = ["ExportError", "DeployResult", "quantize_int8", "export_program", "export_deploy",
-           "load_program", "latency_ms", "count_macs"]
+           "load_program", "latency_ms", "count_macs", "program_latency"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_BATCH = 4096
@@ -170,3 +171,25 @@ def latency_ms(fn: Callable[[torch.Tensor], object], x: torch.Tensor, rounds: in
     times.sort()
     n = len(times)
     return times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+
+
+def program_latency(program: torch.export.ExportedProgram, sample_shape: Sequence[int],
+                    batch_sizes: Sequence[int] = (1, 32), compiled: bool = False,
+                    rounds: int = 20) -> Dict[str, float]:
+    """Median milliseconds per forward pass of ``program`` at each batch size (random input of
+    ``sample_shape`` per sample), eager or after ``torch.compile`` (inductor; an int8 program
+    needs ``torch._inductor.config.freezing = True``, which the caller sets: this library does
+    not change global settings).  Keys: ``"b1"``, ``"b32"``, ...  The compile time is not counted."""
+    module = program.module()
+    # dynamic=False: one static graph per batch size; inductor's int8 conv lowering fails on
+    # the dynamic-batch recompile (torch 2.13: a stride assertion in qconv), static ones work.
+    fn = torch.compile(module, dynamic=False) if compiled else module
+    dtype = next((n.meta["val"].dtype for n in program.graph.nodes
+                  if n.op == "placeholder" and "val" in n.meta
+                  and n.name not in program.graph_signature.inputs_to_parameters
+                  and n.name not in program.graph_signature.inputs_to_buffers), torch.float32)
+    out = {}
+    for b in batch_sizes:
+        x = torch.randn(b, *sample_shape, dtype=dtype)
+        out[f"b{b}"] = latency_ms(fn, x, rounds=rounds)
+    return out
