@@ -32,9 +32,11 @@ setup(
         "reach": ["torchvision>=0.16", "torch-pruning>=1.4"],
         # Hugging Face models (BERT, Llama-style) thinned block by block; gguf reads GGUF weights.
         # transformers does not require torch, so it never replaces the torch installed here.
-        "hf": ["transformers>=5.0", "gguf>=0.10"],
+        # its Trainer runs on accelerate; compressor.integrations.hf drives a schedule inside it
+        "hf": ["transformers>=5.0", "gguf>=0.10", "accelerate>=1.0"],
+        "lightning": ["lightning>=2.0"],          # compressor.integrations.lightning
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0", "pillow>=9", "matplotlib>=3.5",
-                 "transformers>=5.0"],
+                 "transformers>=5.0", "accelerate>=1.0", "lightning>=2.0"],
     },
     entry_points={"console_scripts": [
         "compress-classifier=compressor_apps.compress_classifier:main",
