@@ -87,9 +87,12 @@ def run(args) -> int:
             if pruner.needs_data and pruner.calibration_samples > len(data.calibration):
                 say(f"note: pruner '{pruner.name}' asks for {pruner.calibration_samples} "
                     f"calibration samples; the text gives {len(data.calibration)}")
+        rss_before = _peak_rss_mb()
         start = time.perf_counter()
         scheduler.on_epoch_begin(0)
         result["prune_s"] = time.perf_counter() - start
+        result["peak_rss_mb_before_prune"] = rss_before
+        result["peak_rss_mb_after_prune"] = _peak_rss_mb()
         sparsity = _linear_sparsity(model, scheduler)
         result.update(pruned_weights=len(scheduler.masks), sparsity=sparsity,
                       calibrated_pruners=taken)
@@ -122,6 +125,12 @@ def _linear_sparsity(model, scheduler) -> float:
         zeros += int((p == 0).sum())
         total += p.numel()
     return zeros / max(total, 1)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux: ru_maxrss is in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _quiet_transformers() -> None:

