@@ -42,6 +42,10 @@ class Unit:
     #: For members whose filters feed or are a grouped convolution: the cell (group) of each
     #: structure; the pruner prunes the same count in every cell. None: no such constraint.
     cells: Optional[List[int]] = None
+    #: For members coupled in part: tensors cut into equal parts (``torch.chunk`` after a channel
+    #: shuffle) that hold the unit's structures, as the structure position at each channel of
+    #: each part; thinning removes channels only in equal numbers per part. None: no such tensor.
+    parts: Optional[List[List[List[int]]]] = None
 
     def width(self, n_first: int) -> int:
         """The number of structures ranked together (``n_first``: the first member's count)."""
@@ -66,10 +70,34 @@ def _coupling(model: nn.Module):
         return cached[1]
     g = analyze_graph(inner, example)
     order = [n for n, _ in inner.named_parameters()]
-    found = (g.coupled_groups(order), g.coupled_classes(order), balanced_cells(g, order),
-             _layers(g))
+    classes = g.coupled_classes(order)
+    found = (g.coupled_groups(order), classes, balanced_cells(g, order), _layers(g),
+             _balanced_parts(g, classes))
     _GROUPS_CACHE[inner] = (signature, found)
     return found
+
+
+def _balanced_parts(g, classes) -> List[List[List[List[int]]]]:
+    """Per unit coupled in part (``classes``, in order): each balanced tensor (``g.balanced``)
+    whose channels all are the unit's classes, as the unit's structure position at each channel
+    of each part."""
+    out = []
+    for index in classes:
+        pos: Dict[int, int] = {}
+        for p in g.producers:
+            if p.weight in index:
+                for r, k in zip(g.roots(p.ids), index[p.weight]):
+                    pos[r] = k
+        recs = []
+        for rec in getattr(g, "balanced", []):
+            roots = g.roots(rec.ids)
+            if rec.groups > 1 and len(roots) % rec.groups == 0 and roots and \
+                    all(r in pos for r in roots):
+                per = len(roots) // rec.groups
+                recs.append([[pos[r] for r in roots[j * per:(j + 1) * per]]
+                             for j in range(rec.groups)])
+        out.append(recs)
+    return out
 
 
 @dataclass(frozen=True)
@@ -146,10 +174,12 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
     weights = list(weights)
     if dependency == "Leader":
         return [Unit(weights, [weights[0]], weights[0])]
-    groups, classes, cells = None, [], {}
+    groups, classes, cells, parts = None, [], {}, []
     if couple_filters and dependency is None and model is not None:
         try:
-            groups, classes, cells = _copied(_coupling(model))   # one graph lookup for all
+            found = _coupling(model)
+            groups, classes, cells = _copied(found)   # one graph lookup for all
+            parts = [[[list(q) for q in rec] for rec in u] for u in found[4]]
         except CompressorError as e:
             if defer and isinstance(e, NoExampleInputError):   # the graph traced; no input yet
                 return None
@@ -162,7 +192,8 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
         return [Unit([w], [w], w, cells=cells.get(w)) for w in weights]
     order = {n: i for i, n in enumerate(param_order)}
     units, done = [], set()
-    for index in classes:   # groups coupled in part cover their identically coupled members too
+    for index, unit_parts in zip(classes, parts or [[]] * len(classes)):
+        # groups coupled in part cover their identically coupled members too
         real = {by_norm[normalize_name(str(n))]: v for n, v in index.items()
                 if normalize_name(str(n)) in by_norm}
         listed = [w for w in weights if w in real]
@@ -170,7 +201,8 @@ def make_units(weights: Sequence[str], dependency: Optional[str], couple_filters
             continue
         ordered = sorted(real, key=lambda n: order.get(n, len(order)))
         index = {n: real[n] for n in ordered}
-        units.append(Unit(ordered, ordered, listed[0], index, _position_cells(index, cells)))
+        units.append(Unit(ordered, ordered, listed[0], index, _position_cells(index, cells),
+                          unit_parts or None))
         done |= set(real)
     groups = groups or []
     partner: Dict[str, set] = {}

@@ -377,6 +377,9 @@ class RankedStructurePruner(Pruner):
                ) -> Optional[torch.Tensor]:
         """Keep vector (bool, one per structure) for the unit, or None to leave it unchanged."""
         cells = unit.cells if unit.cells is not None and len(unit.cells) == n else None
+        copies = _uneven_copies(unit, n)
+        if copies is not None:
+            return self._select_weighted(unit, params, ctx, fraction, n, copies, cells)
         if cells is not None:
             return self._select_per_cell(unit, params, ctx, fraction, n, torch.tensor(cells))
         k = round_kept(structures_to_prune(fraction, n, self.group_size, self.rounding_fn), n,
@@ -409,6 +412,72 @@ class RankedStructurePruner(Pruner):
             keep[members[order[:k]]] = False
         return keep
 
+    def _select_weighted(self, unit: Unit, params, ctx: PruneContext, fraction: float, n: int,
+                         copies: Dict[str, List[int]], cells: Optional[List[int]]
+                         ) -> Optional[torch.Tensor]:
+        """A unit coupled in part whose structures cover different numbers of filters (a channel
+        shuffle couples 2, 4, 8 ... filters into one class). The count rule applies to the
+        *filters*, and structures go by their mean score per filter, lowest first: summed scores
+        and a count of structures would never take the wide ones, so the layers they cover would
+        never lose a channel. Tensors cut into equal parts (``Unit.parts``: ShuffleNet's
+        ``chunk``) must lose as many channels from each part, or thinning keeps the extra zero
+        channels: structures with the same effect on every part's count are interchangeable, so
+        a small search over how many of each kind go (lowest mean first) finds the most filters
+        within the count that leave every part balanced. A member left without filters, or a
+        part emptied, prunes nothing at this step. (``cells`` is implied by the parts.)"""
+        scores = self.unit_scores(unit, params, ctx, n)
+        if scores is None:
+            return None
+        width = [sum(c[i] for c in copies.values()) for i in range(n)]
+        mean = scores.double() / torch.tensor(width, dtype=torch.float64).clamp(min=1)
+        parts = unit.parts or []
+        delta: List[tuple] = [() for _ in range(n)]
+        for rec in parts:
+            counts = []
+            for part in rec:
+                c = [0] * n
+                for i in part:
+                    if i < n:
+                        c[i] += 1
+                counts.append(c)
+            delta = [d + tuple(counts[0][i] - cj[i] for cj in counts[1:])
+                     for i, d in enumerate(delta)]
+        kinds: Dict[tuple, List[int]] = {}
+        for i in torch.sort(mean, stable=True).indices.tolist():
+            if width[i]:
+                kinds.setdefault(delta[i], []).append(i)
+        k = structures_to_prune(fraction, sum(width), self.group_size, self.rounding_fn)
+        zero = (0,) * len(delta[0]) if n else ()
+        best: Dict[tuple, tuple] = {zero: (0, ())}     # balance -> (filters, counts per kind)
+        for d, members in kinds.items():
+            prefix = [0]
+            for i in members:
+                prefix.append(prefix[-1] + width[i])
+            nxt: Dict[tuple, tuple] = {}
+            for bal, (f, chosen) in best.items():
+                for c in range(len(members) + 1):
+                    if f + prefix[c] > k:
+                        break
+                    b2 = tuple(x + c * y for x, y in zip(bal, d))
+                    if b2 not in nxt or nxt[b2][0] < f + prefix[c]:
+                        nxt[b2] = (f + prefix[c], chosen + (c,))
+            if len(nxt) > 20000:   # keep the search small: the states with the most filters
+                nxt = dict(sorted(nxt.items(), key=lambda kv: -kv[1][0])[:20000])
+            best = nxt
+        found = best.get(zero)
+        if not found or found[0] == 0:
+            return None
+        keep = torch.ones(n, dtype=torch.bool)
+        for (d, members), c in zip(kinds.items(), found[1]):
+            keep[members[:c]] = False
+        for m, per in copies.items():     # every member keeps a filter, every part a channel
+            if all(not keep[i] for i, c in enumerate(per) if c):
+                return None
+        for rec in parts:
+            if any(all(not keep[i] for i in part) for part in rec):
+                return None
+        return keep
+
     def member_mask(self, keep: torch.Tensor, shape, ctx: PruneContext) -> torch.Tensor:
         return self.granularity.expand(keep, shape)
 
@@ -422,6 +491,20 @@ class RankedStructurePruner(Pruner):
 
     def load_state_dict(self, state) -> None:
         self.criterion.load_state_dict(state.get("criterion", {}))
+
+
+def _uneven_copies(unit: Unit, n: int) -> Optional[Dict[str, List[int]]]:
+    """{member: how many of its filters each structure covers} for a unit coupled in part whose
+    structures do not all cover the same number of filters; None otherwise."""
+    if unit.index is None:
+        return None
+    copies = {m: [0] * n for m in unit.index}
+    for m, positions in unit.index.items():
+        for pos in positions:
+            if pos < n:
+                copies[m][pos] += 1
+    totals = {sum(c[i] for c in copies.values()) for i in range(n)}
+    return copies if len(totals) > 1 else None
 
 
 class BernoulliSelect:
