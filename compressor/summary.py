@@ -27,7 +27,7 @@ from torch import nn
 from tabulate import tabulate
 
 from .atomic import atomic_write
-from .graph.attention import find_heads
+from .graph.attention import MAXVIT, find_heads, window_base, window_heads
 from .masks import unwrap
 from .metrics import (DEFAULT_PARAM_DIMS, DEFAULT_PARAM_TYPES, selected_params, size_to_str,
                       sparsity_2D, sparsity_3D, sparsity_ch, sparsity_cols, sparsity_rows)
@@ -209,7 +209,10 @@ def model_performance_summary(model: nn.Module, dummy_input: Any,
     (no weights, so ``NNZ MACs`` equals ``MACs``).  ``nn.MultiheadAttention`` (and thinning's
     ``ThinMultiheadAttention``) computes its projections functionally: one row for them
     (the q block of ``in_proj_weight`` x Lq, its k and v blocks x Lk, ``out_proj`` x Lq, per
-    sample) and one for the matmuls, ``2 x heads x Lq x Lk x head_dim``.
+    sample) and one for the matmuls, ``2 x heads x Lq x Lk x head_dim``.  torchvision's window
+    attention: Swin's functional ``qkv`` and ``proj`` over the windows its input is padded to
+    (one row), and for Swin and MaxViT the two matmuls, ``2 x heads x t x t x head_dim`` per
+    window of t tokens (one row).
 
     ``dummy_input`` is passed as ``model(x)``, or ``model(*x)`` for a tuple/list, or
     ``model(**x)`` for a dict; its tensors are moved to the model's device.  Its batch size
@@ -295,12 +298,41 @@ def model_performance_summary(model: nn.Module, dummy_input: Any,
         rows.append([name, "attention (QK^T, AV)", f"heads={h}, kv={h}, d={d}",
                      size_to_str(q.shape), scale(q.numel()), "", 0, 0, scale(att), scale(att)])
 
+    def window_hook(module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+        # torchvision's window attention: Swin computes qkv and proj functionally (counted here,
+        # over the windows its input is padded to); MaxViT calls its Linear layers (counted
+        # there). Both: the two matmuls, 2 x heads x t x t x head_dim per window of t tokens
+        x = inputs[0]
+        wh = window_heads(module)
+        if isinstance(wh, str) or not isinstance(x, torch.Tensor) or x.dim() != 4:
+            return
+        name = names.get(id(module), "")
+        if window_base(module) == MAXVIT:
+            windows, t = x.shape[0] * x.shape[1], x.shape[2]
+        else:
+            (wy, wx), (hh, ww) = module.window_size, x.shape[1:3]
+            windows = x.shape[0] * -(-hh // wy) * -(-ww // wx)
+            t = wy * wx
+            ws = [getattr(module, p).weight.detach() for p in (wh.qkv, wh.proj)]
+            uses = windows * t
+            rows.append([name, type(module).__name__, f"heads={wh.heads}, d={wh.head_dim}",
+                         size_to_str(x.shape), scale(x.numel()), size_to_str(output.shape),
+                         scale(output.numel()), sum(w.numel() for w in ws),
+                         scale(uses * sum(w.numel() for w in ws)),
+                         scale(uses * sum(int(torch.count_nonzero(w)) for w in ws))])
+        att = 2 * wh.heads * t * t * wh.head_dim * windows
+        rows.append([name, "attention (QK^T, AV)", f"heads={wh.heads}, kv={wh.heads}, "
+                     f"d={wh.head_dim}", size_to_str(x.shape), scale(x.numel()), "", 0, 0,
+                     scale(att), scale(att)])
+
     modes = {m: m.training for m in net.modules()}
     handles = []
     try:
         for m in net.modules():
             if isinstance(m, nn.MultiheadAttention):
                 handles.append(m.register_forward_hook(mha_hook, with_kwargs=True))
+            elif window_base(m) is not None:
+                handles.append(m.register_forward_hook(window_hook))
             elif isinstance(m, _CONV + _CONV_T + (nn.Linear,)):
                 handles.append(m.register_forward_hook(hook))
             heads = find_heads(names.get(id(m), ""), m)

@@ -212,3 +212,105 @@ def test_attention_macs_counted_for_multihead_attention():
     by = {r["Type"]: r for _, r in df.iterrows()}
     assert by["ThinMultiheadAttention"]["MACs"] == 5 * 3 * 8 * 16 + 5 * 8 * 16
     assert by["attention (QK^T, AV)"]["MACs"] == 2 * 2 * 5 * 5 * 4
+
+
+# ---- torchvision's window attention (Swin V1/V2, MaxViT): needs torchvision -------------------
+# The rules are keyed by torchvision's class names, so these tests build tiny torchvision models;
+# they are skipped where torchvision is not installed (run them in a venv that has it).
+
+def _tv():
+    return pytest.importorskip("torchvision")
+
+
+def _swin(v2):
+    _tv()
+    from torchvision.models import swin_transformer as st
+    kw = dict(block=st.SwinTransformerBlockV2, downsample_layer=st.PatchMergingV2) if v2 else {}
+    torch.manual_seed(0)
+    m = st.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                           window_size=[4, 4], stochastic_depth_prob=0.0, num_classes=5, **kw)
+    return m.double().eval(), torch.randn(2, 3, 40, 40)   # 10x10 tokens: padded and shifted
+
+
+def _maxvit():
+    _tv()
+    from torchvision.models.maxvit import MaxVit
+    torch.manual_seed(0)
+    m = MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32],
+               block_layers=[1, 1], head_dim=4, stochastic_depth_prob=0.0, num_classes=5)
+    return m.double().eval(), torch.randn(2, 3, 32, 32)
+
+
+def _mask_heads(model, x, fraction=0.5):
+    with torch.no_grad():   # non-zero relative position biases, so a misplaced head column shows
+        for n, p in model.named_parameters():
+            if n.endswith("relative_position_bias_table"):
+                p.normal_()
+    g = analyze_graph(model, x)
+    readers = [c.module for c in g.consumers if c.module.endswith((".attn.proj", ".merge"))]
+    assert readers
+    apply_masks(model, class_masks(g, model, fraction, readers=readers))
+
+
+@pytest.mark.parametrize("build", ["swin", "swin_v2", "maxvit"])
+def test_window_attention_heads_thinned_exactly(build, tmp_path):
+    from compressor.checkpoint import load_checkpoint, save_checkpoint
+    make = {"swin": lambda: _swin(False), "swin_v2": lambda: _swin(True), "maxvit": _maxvit}[build]
+    model, x = make()
+    _mask_heads(model, x)
+    with torch.no_grad():
+        ref = model(x)
+    result = contract_model(model, x)
+    assert result.removed
+    with torch.no_grad():
+        assert_same_function(model(x), ref)
+    attn = [m for m in model.modules() if type(m).__name__.startswith("Thin")]
+    assert attn
+    for m in attn:
+        heads = m.n_heads if build == "maxvit" else m.num_heads
+        table = m.logit_scale if build == "swin_v2" else m.relative_position_bias_table
+        qkv = m.to_qkv if build == "maxvit" else m.qkv
+        assert 2 * heads * m.head_dim == qkv.in_features          # half the heads are gone
+        assert table.shape[1 if build != "swin_v2" else 0] == heads
+        assert qkv.out_features == 3 * heads * m.head_dim
+    path = save_checkpoint(str(tmp_path / "m.pth.tar"), model)
+    dense, _ = make()
+    dense, _, _, _ = load_checkpoint(dense, path)
+    assert [type(m).__name__ for m in dense.modules()] == [type(m).__name__ for m in model.modules()]
+    with torch.no_grad():
+        assert_same_function(dense(x), model(x))
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_window_attention_is_torchvisions_before_thinning(v2):
+    """The thin forward (head size from head_dim) equals torchvision's on the dense module:
+    padding, the cyclic shift and its mask, V2's cosine attention."""
+    _tv()
+    from torchvision.models import swin_transformer as st
+    from compressor.thinning.mha import make_thin
+    torch.manual_seed(4)
+    cls = st.ShiftedWindowAttentionV2 if v2 else st.ShiftedWindowAttention
+    for shift in ([0, 0], [2, 2], [2, 0]):
+        m = cls(16, [4, 4], shift, 2).double().eval()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_()
+        x = torch.randn(2, 10, 7, 16)
+        ref = m(x)
+        make_thin(m)
+        assert type(m).__name__ == f"Thin{cls.__name__}" and m.head_dim == 8
+        assert_same_function(m(x), ref)
+
+
+def test_swin_attention_macs_by_hand():
+    """One Swin attention, input 1x8x8x16, window 4x4 (4 windows of t=16 tokens), 2 heads of 8:
+    qkv + proj 4*16*(48*16 + 16*16) MACs, matmuls 2*2*16*16*8*4."""
+    _tv()
+    from torchvision.models import swin_transformer as st
+    torch.manual_seed(0)
+    m = st.ShiftedWindowAttention(16, [4, 4], [0, 0], 2).eval()
+    df = model_performance_summary(m, torch.randn(1, 8, 8, 16))
+    by = {r["Type"]: r for _, r in df.iterrows()}
+    assert by["ShiftedWindowAttention"]["MACs"] == 4 * 16 * (48 * 16 + 16 * 16)
+    assert by["attention (QK^T, AV)"]["MACs"] == 2 * 2 * 16 * 16 * 8 * 4
+    assert len(df) == 2   # qkv and proj are not counted again as Linear calls

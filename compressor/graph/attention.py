@@ -31,6 +31,15 @@ an int ``num_heads`` of the module holding it, torchvision's ``EncoderBlock``) f
 Its forward needs ``num_heads * head_dim == embed_dim``, so thinning makes it a
 ``compressor.thinning.mha.ThinMultiheadAttention`` (same module, class changed in place, replayed
 by recipes), whose input and output widths are its tensors' and need not equal the heads' width.
+
+torchvision's window attention (Swin V1/V2 ``ShiftedWindowAttention``, MaxViT's
+``RelativePositionalMultiHeadAttention``) stays one leaf of the traced graph (``is_attention_leaf``)
+with a module rule (``windowed_attention``, by qualified name in ``module_rules``): each head is a
+class spanning its q/k/v rows of ``qkv``/``to_qkv``, its columns of ``proj``/``merge``, its column
+of the relative position bias table (V1, MaxViT), its ``logit_scale`` entry and its row of the
+``cpb_mlp`` output layer (V2); ``num_heads``/``n_heads`` follow. Their forwards take the head size
+from the input width (Swin: ``C // num_heads``; MaxViT reshapes back to the input width), so
+thinning changes their class in place to the ``compressor.thinning.mha`` subclass that does not.
 """
 from __future__ import annotations
 
@@ -39,7 +48,9 @@ from typing import Dict, List, Optional
 
 from torch import nn
 
-from .records import ChannelGraph, ChannelInfo, ChannelTuple, Consumer, Follower, Producer
+from .nodes import qualified_name
+from .records import (ChannelGraph, ChannelInfo, ChannelTuple, Consumer, Follower, Producer,
+                      WidthAttr)
 
 
 @dataclass
@@ -220,3 +231,108 @@ def multihead_attention(an, node, mod, info, in_shape, out_shape):
 
 
 multihead_attention.multi_input = True
+
+
+SWIN = "torchvision.models.swin_transformer.ShiftedWindowAttention"
+SWIN_V2 = "torchvision.models.swin_transformer.ShiftedWindowAttentionV2"
+MAXVIT = "torchvision.models.maxvit.RelativePositionalMultiHeadAttention"
+WINDOW_ATTENTION = (SWIN_V2, SWIN, MAXVIT)
+
+
+def window_base(mod: nn.Module) -> Optional[str]:
+    """The qualified name of the torchvision window attention class ``mod`` is (or derives from)."""
+    for cls in type(mod).__mro__:
+        q = qualified_name(cls)
+        if q in WINDOW_ATTENTION:
+            return q
+    return None
+
+
+def is_attention_leaf(mod: nn.Module) -> bool:
+    """Attention modules traced as one node, so their rule sees their heads whole."""
+    return isinstance(mod, nn.MultiheadAttention) or window_base(mod) is not None
+
+
+@dataclass
+class WindowHeads:
+    """The head layout of a window attention module (paths relative to it)."""
+    qkv: str
+    proj: str
+    heads: int
+    head_dim: int
+    count: str                                   # the attribute holding the head count
+    tables: List[tuple] = field(default_factory=list)   # (tensor, dim of its heads)
+    rows: List[str] = field(default_factory=list)       # Linear layers with one row per head
+
+
+def window_heads(mod: nn.Module):
+    """The ``WindowHeads`` of a torchvision window attention module, or why not (a string)."""
+    base = window_base(mod)
+    if base == MAXVIT:
+        wh = WindowHeads("to_qkv", "merge", mod.n_heads, mod.head_dim, "n_heads",
+                         [("relative_position_bias_table", 1)])
+    else:
+        h = mod.num_heads
+        d = mod.head_dim if isinstance(getattr(mod, "head_dim", None), int) else \
+            mod.qkv.in_features // h
+        wh = WindowHeads("qkv", "proj", h, d, "num_heads")
+        if base == SWIN_V2:
+            wh.tables.append(("logit_scale", 0))
+            wh.rows.append("cpb_mlp.2")
+        else:
+            wh.tables.append(("relative_position_bias_table", 1))
+    qkv, proj = getattr(mod, wh.qkv, None), getattr(mod, wh.proj, None)
+    inner = wh.heads * wh.head_dim
+    if not isinstance(qkv, nn.Linear) or not isinstance(proj, nn.Linear) or \
+            qkv.out_features != 3 * inner or proj.in_features != inner:
+        return f"its q/k/v and output projections are not 3 x and 1 x heads x head_dim = {inner} wide"
+    for t, dim in wh.tables:
+        v = getattr(mod, t, None)
+        if v is None or v.dim() <= dim or v.shape[dim] != wh.heads:
+            return f"its '{t}' does not have {wh.heads} heads on dim {dim}"
+    for r in wh.rows:
+        lin = mod.get_submodule(r)
+        if not isinstance(lin, nn.Linear) or lin.out_features != wh.heads:
+            return f"its '{r}' does not have one output per head"
+    return wh
+
+
+def windowed_attention(an, node, mod, info, in_shape, out_shape):
+    """The rule of torchvision's window attention modules (see the module docstring)."""
+    name = str(node.target)
+    wh = window_heads(mod)
+    what = f"{type(mod).__name__} '{name}'"
+    if isinstance(wh, str) or in_shape is None:
+        return an.fallback(node, f"{what}: {wh if isinstance(wh, str) else 'unknown input shape'}")
+    last = len(in_shape) - 1
+    g = an.g
+    qkv, proj = f"{name}.{wh.qkv}", f"{name}.{wh.proj}"
+    lq, lp = mod.get_submodule(wh.qkv), mod.get_submodule(wh.proj)
+    if info is not None:
+        if info.cdim != last or len(info.ids) != lq.in_features:
+            an.hard(info, f"{what} reads channels on dim {info.cdim} ({len(info.ids)}), not its "
+                          f"{lq.in_features} input features on the last dim")
+        else:
+            an.mark_dirty(info)
+            g.consumers.append(Consumer(qkv, f"{qkv}.weight", 1, list(info.ids), "dense",
+                                        attr="in_features"))
+    h, d = wh.heads, wh.head_dim
+    units = g.uf.new(h)
+    rows = [units[r // d] for r in range(h * d)]
+    g.producers.append(Producer(qkv, f"{qkv}.weight", f"{qkv}.bias" if lq.bias is not None
+                                else None, 0, rows * 3, "dense", attr="out_features"))
+    g.consumers.append(Consumer(proj, f"{proj}.weight", 1, list(rows), "dense",
+                                attr="in_features"))
+    out_ids = g.uf.new(lp.out_features)
+    g.producers.append(Producer(proj, f"{proj}.weight", f"{proj}.bias" if lp.bias is not None
+                                else None, 0, out_ids, "dense", attr="out_features"))
+    for t, dim in wh.tables:
+        if not an.slice_param(f"{name}.{t}", dim, units):
+            an.hard_ids(units, f"{what}: its '{t}' is read elsewhere on another dim")
+    for r in wh.rows:
+        lin = mod.get_submodule(r)
+        g.producers.append(Producer(f"{name}.{r}", f"{name}.{r}.weight",
+                                    f"{name}.{r}.bias" if lin.bias is not None else None, 0,
+                                    list(units), "dense", attr="out_features"))
+    g.widths.append(WidthAttr(name, wh.count, list(units)))
+    return ChannelInfo(out_ids, last)

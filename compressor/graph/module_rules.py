@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 from torch import nn
 
-from .attention import multihead_attention
+from .attention import WINDOW_ATTENTION, multihead_attention, windowed_attention
 from .channel_ops import pad, reshape, softmax, spatial
 from .nodes import qualified_name
 from .optables import ACT_DIRTY, ACT_ZERO, NAMED_ZERO, PADS, POOLS
@@ -304,6 +304,7 @@ MODULE_RULES: Dict[type, ModuleRule] = {
 # Modules of optional packages (torchvision's StochasticDepth kept as a leaf), by qualified name.
 NAMED_MODULE_RULES: Dict[str, ModuleRule] = {
     **{n: keeps_zero for n in NAMED_ZERO},
+    **{n: windowed_attention for n in WINDOW_ATTENTION},   # Swin V1/V2, MaxViT attention heads
 }
 
 

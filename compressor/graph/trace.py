@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import CompressorError
 from ..masks import unwrap
+from .attention import is_attention_leaf
 
 
 class TraceError(CompressorError):
@@ -57,8 +58,9 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if _wrapped(m) is not None:
             return False
-        # nn.MultiheadAttention and its thinned subclass stay one node (a rule reads its heads)
-        return selects_channels(m) or isinstance(m, nn.MultiheadAttention) or \
+        # attention modules (nn.MultiheadAttention, torchvision's window attention, their thinned
+        # subclasses) stay one node: a rule reads their heads (graph.attention)
+        return selects_channels(m) or is_attention_leaf(m) or \
             getattr(type(m), "graph_leaf", False) is True or \
             super().is_leaf_module(m, module_qualified_name)
 

@@ -159,6 +159,10 @@ def _store_of(store):
 
 @torch.no_grad()
 def _apply_one(model: nn.Module, recipe: Recipe, optimizer, store) -> None:
+    # attention whose forward ties its heads' width to its input width (nn.MultiheadAttention,
+    # Swin, MaxViT) becomes its thin subclass, in place, before its tensors change (thinning.mha)
+    for mname in {p for m in recipe.modules for p in _prefixes(m)}:
+        make_thin(model.get_submodule(mname) if mname else model)
     for name, entry in recipe.tensors.items():
         ops = entry.ops
         mod, attr, kind = _resolve(model, name)
@@ -181,11 +185,16 @@ def _apply_one(model: nn.Module, recipe: Recipe, optimizer, store) -> None:
             t.data = apply_ops(t.data, ops)
     for mname, change in recipe.modules.items():
         mod = model.get_submodule(mname) if mname else model
-        make_thin(mod)   # an nn.MultiheadAttention whose widths change: see thinning.mha
         for attr, value in change.attrs.items():   # a LayerNorm's width is a tuple
             setattr(mod, attr, (int(value),) if attr == "normalized_shape" else int(value))
     for mname, spec in (recipe.selections or {}).items():
         set_selection(model.get_submodule(mname), spec.in_channels, spec.index)
+
+
+def _prefixes(name: str) -> List[str]:
+    """``a.b.c`` -> ``['a.b.c', 'a.b', 'a']``: a module and the modules holding it."""
+    parts = name.split(".") if name else []
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
 def _set_data(param: torch.Tensor, new: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""``nn.MultiheadAttention`` with fewer heads: ``ThinMultiheadAttention``.
+"""Attention modules with fewer heads: ``ThinMultiheadAttention`` and torchvision's window attention.
 
 ``nn.MultiheadAttention`` computes through ``F.multi_head_attention_forward``, which needs
 ``num_heads * head_dim == embed_dim ==`` the width of its input, so a head cannot go without the
@@ -24,14 +24,27 @@ Supported as in torchvision: packed projections (``kdim == vdim == embed_dim`` w
 no ``add_bias_kv`` / ``add_zero_attn``; ``batch_first`` either way, batched or unbatched input,
 ``key_padding_mask``, 2-D ``attn_mask`` (a 3-D one must have ``batch * num_heads`` of the
 thinned heads), ``need_weights`` (averaged or per head) and ``is_causal``.
+
+torchvision's window attention has the same tie: Swin's ``shifted_window_attention`` takes the
+head size as ``C // num_heads`` of its input width C, MaxViT's attention reshapes its heads back
+to the input width. ``make_thin`` gives them (exact torchvision classes only) a subclass made on
+first use, ``Thin<class name>``, whose forward takes the head size from ``head_dim`` (stored on
+the module when it is made thin, from its dense widths) and the heads' width from ``num_heads *
+head_dim`` (``n_heads`` for MaxViT): ``window_attention`` below is Swin's windowed attention
+(padding to whole windows, cyclic shift with the -100 mask between regions, relative position
+bias, V2's cosine attention with ``logit_scale``) written that way.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import math
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..graph.attention import MAXVIT, SWIN, SWIN_V2
+from ..graph.nodes import qualified_name
 
 
 def _additive(mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -99,8 +112,103 @@ class ThinMultiheadAttention(nn.MultiheadAttention):
         return out, weights
 
 
+def _regions(size: int, window: int, shift: int, device) -> torch.Tensor:
+    """Which of the (up to) three bands of a shifted axis each position is in."""
+    pos = torch.arange(size, device=device)
+    return (pos >= size - window).long() + (pos >= size - shift).long()
+
+
+def window_attention(x: torch.Tensor, qkv_weight: torch.Tensor, proj_weight: torch.Tensor,
+                     bias: torch.Tensor, window_size: List[int], num_heads: int, head_dim: int,
+                     shift_size: List[int], attention_dropout: float = 0.0, dropout: float = 0.0,
+                     qkv_bias: Optional[torch.Tensor] = None,
+                     proj_bias: Optional[torch.Tensor] = None,
+                     logit_scale: Optional[torch.Tensor] = None,
+                     training: bool = False) -> torch.Tensor:
+    """Swin's (shifted) window attention of ``x`` [B, H, W, C] with ``num_heads`` heads of
+    ``head_dim`` (any C); returns [B, H, W, proj rows]."""
+    n, hh, ww, c = x.shape
+    wy, wx = window_size
+    x = F.pad(x, (0, 0, 0, (-ww) % wx, 0, (-hh) % wy))
+    ph, pw = x.shape[1], x.shape[2]
+    sy = 0 if wy >= ph else shift_size[0]
+    sx = 0 if wx >= pw else shift_size[1]
+    if sy or sx:
+        x = torch.roll(x, shifts=(-sy, -sx), dims=(1, 2))
+    gy, gx, t = ph // wy, pw // wx, wy * wx
+    win = x.view(n, gy, wy, gx, wx, c).transpose(2, 3).reshape(n * gy * gx, t, c)
+    inner = num_heads * head_dim
+    if logit_scale is not None and qkv_bias is not None:   # V2: no key bias
+        qkv_bias = torch.cat([qkv_bias[:inner], torch.zeros_like(qkv_bias[inner:2 * inner]),
+                              qkv_bias[2 * inner:]])
+    q, k, v = F.linear(win, qkv_weight, qkv_bias).view(-1, t, 3, num_heads, head_dim) \
+        .permute(2, 0, 3, 1, 4).unbind(0)
+    if logit_scale is not None:
+        scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        scores = scores * torch.clamp(logit_scale, max=math.log(100.0)).exp()
+    else:
+        scores = (q * head_dim ** -0.5) @ k.transpose(-2, -1)
+    scores = scores + bias
+    if sy or sx:
+        band = (_regions(ph, wy, sy, x.device)[:, None] * 3 +
+                _regions(pw, wx, sx, x.device)[None, :])
+        band = band.view(gy, wy, gx, wx).transpose(1, 2).reshape(gy * gx, t)
+        mask = (band[:, None, :] != band[:, :, None]).to(scores.dtype) * -100.0
+        scores = (scores.view(n, gy * gx, num_heads, t, t) + mask[None, :, None]) \
+            .view(-1, num_heads, t, t)
+    a = F.dropout(scores.softmax(-1), p=attention_dropout, training=training)
+    out = (a @ v).transpose(1, 2).reshape(-1, t, inner)
+    out = F.dropout(F.linear(out, proj_weight, proj_bias), p=dropout, training=training)
+    co = out.shape[-1]
+    out = out.view(n, gy, gx, wy, wx, co).transpose(2, 3).reshape(n, ph, pw, co)
+    if sy or sx:
+        out = torch.roll(out, shifts=(sy, sx), dims=(1, 2))
+    return out[:, :hh, :ww, :].contiguous()
+
+
+class _ThinWindow:
+    """Swin V1/V2 attention with ``head_dim`` of its own (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return window_attention(x, self.qkv.weight, self.proj.weight,
+                                self.get_relative_position_bias(), self.window_size,
+                                self.num_heads, self.head_dim, self.shift_size,
+                                self.attention_dropout, self.dropout, self.qkv.bias,
+                                self.proj.bias, getattr(self, "logit_scale", None), self.training)
+
+
+class _ThinRelative:
+    """MaxViT's relative positional attention whose heads' width is ``n_heads * head_dim``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, g, p, _ = x.shape
+        h, d = self.n_heads, self.head_dim
+        q, k, v = (t.reshape(b, g, p, h, d).transpose(2, 3)
+                   for t in self.to_qkv(x).chunk(3, dim=-1))
+        scores = q @ (k * self.scale_factor).transpose(-2, -1)
+        a = F.softmax(scores + self.get_relative_positional_bias(), dim=-1)
+        return self.merge((a @ v).transpose(2, 3).reshape(b, g, p, h * d))
+
+
+_MIXINS = {SWIN: _ThinWindow, SWIN_V2: _ThinWindow, MAXVIT: _ThinRelative}
+_THIN: Dict[type, type] = {}
+
+
 def make_thin(mod: nn.Module) -> nn.Module:
-    """Make an ``nn.MultiheadAttention`` a ``ThinMultiheadAttention`` in place; returns it."""
-    if type(mod) is nn.MultiheadAttention:   # a subclass may have a forward of its own
+    """Make ``mod`` its thin subclass in place when it is an attention module whose forward ties
+    the heads' width to its input width (an exact ``nn.MultiheadAttention``, Swin's or MaxViT's
+    attention; a subclass may have a forward of its own); returns it. Call it before its tensors
+    are sliced: Swin's ``head_dim`` is taken from the dense widths."""
+    cls = type(mod)
+    if cls is nn.MultiheadAttention:
         mod.__class__ = ThinMultiheadAttention
+        return mod
+    mixin = _MIXINS.get(qualified_name(cls))
+    if mixin is None:
+        return mod
+    if mixin is _ThinWindow:
+        mod.head_dim = mod.qkv.in_features // mod.num_heads
+    if cls not in _THIN:
+        _THIN[cls] = type(f"Thin{cls.__name__}", (mixin, cls), {"__module__": __name__})
+    mod.__class__ = _THIN[cls]
     return mod
