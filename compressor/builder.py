@@ -30,6 +30,7 @@ from .policies import GatePolicy, LRPolicy, PruningPolicy, RegularizationPolicy
 from .pruners.autopruner import AutoPruner
 from .pruners.coupling import layer_facts
 from .pruners.selectors import SELECTORS, parse_selector
+from .quantization import QuantizationPolicy
 from .registry import SECTIONS
 from .scheduler import CompressionScheduler
 
@@ -419,6 +420,9 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
     for section in ("pruners", "regularizers", "extensions"):
         for name, component in schedule.components[section].items():
             built[(section, name)] = construct(component, path, params, {"name": name, "model": model})
+    for name, component in schedule.components["quantizers"].items():
+        built[("quantizers", name)] = construct(component, path, params,
+                                                {"model": model, "optimizer": optimizer})
     why = _thinning_reason(built, thins)
     if why is not None:
         _refuse_unthinnable(schedule, built, model, why)
@@ -443,6 +447,8 @@ def build(schedule: cfg.ScheduleConfig, model: nn.Module, optimizer=None,
                                           keep_mask=spec.options.keep_mask)
         elif spec.kind == "extension":
             policy = built[(section, spec.instance_name)]
+        elif spec.kind == "quantizer":
+            policy = QuantizationPolicy(built[(section, spec.instance_name)])
         else:
             continue
         plan.append((policy, spec))

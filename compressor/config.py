@@ -20,16 +20,17 @@ from .policy_options import DEFAULT_OPTIONS, OPTION_TYPES, PolicyOptions, check_
 from .registry import SECTIONS
 
 POLICY_KINDS = {"pruner": "pruners", "regularizer": "regularizers",
-                "lr_scheduler": "lr_schedulers", "extension": "extensions"}
-TOP_LEVEL_KEYS = ("version", "input_shape", "pruners", "regularizers", "lr_schedulers", "extensions",
-                  "policies")
+                "lr_scheduler": "lr_schedulers", "extension": "extensions", "quantizer": "quantizers"}
+TOP_LEVEL_KEYS = ("version", "input_shape", "pruners", "regularizers", "quantizers", "lr_schedulers",
+                  "extensions", "policies")
 SCHEDULING_KEYS = ("epochs", "starting_epoch", "ending_epoch", "frequency")
 PRUNING_POLICY_ARGS = OPTION_TYPES   # every PolicyOptions field
 REGULARIZATION_POLICY_ARGS = {"keep_mask": bool}
 # arguments that hold weight names or patterns (lists, or dicts keyed by them); as the builder's
 NAME_ARGS = ("weights", "thresholds", "sensitivities", "levels", "reg_regims")
 EXAMPLE_CLASS = {"pruners": "AutomatedGradualPruner", "regularizers": "L1Regularizer",
-                 "lr_schedulers": "StepLR", "extensions": "FilterRemover"}
+                 "lr_schedulers": "StepLR", "extensions": "FilterRemover",
+                 "quantizers": "QuantAwareTrainRangeLinearQuantizer"}
 
 
 class LDict(dict):
@@ -262,8 +263,7 @@ def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
                   f"everywhere in a schedule)", container, key, keypath)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            hint = (" (quantization is not supported by compressor)" if key == "quantizers"
-                    else suggest(key, TOP_LEVEL_KEYS))
+            hint = suggest(key, TOP_LEVEL_KEYS)
             raise err(f"unknown top-level key{hint}; valid: {', '.join(TOP_LEVEL_KEYS)}",
                       data, key, str(key))
 
@@ -306,6 +306,10 @@ def from_dict(data: Any, path: Optional[str] = "<dict>") -> ScheduleConfig:
     if not isinstance(raw_policies, list):
         raise err(f"'policies' must be a list; got {type(raw_policies).__name__}",
                   data, "policies", "policies")
+    if len(components["quantizers"]) > 1:
+        raise err(f"one quantizer per schedule (as in Distiller); found "
+                  f"{len(components['quantizers'])}: {', '.join(components['quantizers'])}",
+                  data, "quantizers", "quantizers")
     policies = [_policy(i, p, raw_policies, components, err) for i, p in enumerate(raw_policies)]
     for spec in policies:
         if spec.kind == "lr_scheduler":

@@ -2,7 +2,7 @@
 
 A YAML file can only instantiate classes registered here: never ``globals()``, never an import path
 taken from the file. Registration is a decorator, and a failed lookup names the kind, the bad name,
-the nearest registered names and the full list. Besides the four schedule sections, the ranking
+the nearest registered names and the full list. Besides the five schedule sections, the ranking
 criteria a structured pruner takes by name (``criterion: L1``) are a registry too, looked up in any
 letter case and under a few informal spellings that are accepted but not listed.
 """
@@ -82,6 +82,7 @@ PRUNERS = Registry("pruner")
 REGULARIZERS = Registry("regularizer")
 LR_SCHEDULERS = Registry("lr_scheduler")
 EXTENSIONS = Registry("extension")
+QUANTIZERS = Registry("quantizer")
 CRITERIA = Registry("criterion", ignore_case=True)   # structure ranking: pruners/criteria.py
 
 # The schedule section each registry serves.
@@ -90,4 +91,5 @@ SECTIONS = {
     "regularizers": REGULARIZERS,
     "lr_schedulers": LR_SCHEDULERS,
     "extensions": EXTENSIONS,
+    "quantizers": QUANTIZERS,
 }
