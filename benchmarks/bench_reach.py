@@ -230,14 +230,17 @@ def partial(row: Dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- compressor
-def schedule(convs: Sequence[str], linears: Sequence[str], sample_shape: Sequence[int]) -> dict:
+def schedule(convs: Sequence[str], linears: Sequence[str], sample_shape: Sequence[int],
+             rounding_fn: str = "floor") -> dict:
     """The schedule a user writes: 30% of the filters of the convolutions and of the output
-    neurons (``Cols``) of the linear layers, by L1, with automatic coupling."""
+    neurons (``Cols``) of the linear layers, by L1, with automatic coupling (``rounding_fn``:
+    the count rule's rounding; ``ceil`` prunes at least 30%, as Torch-Pruning's kept count
+    ``int(N * 0.7)`` does)."""
     pruners, policies = {}, []
     for key, group, layers in (("filters", "Filters", convs), ("neurons", "Cols", linears)):
         if layers:
             pruners[key] = {"class": "L1RankedStructureParameterPruner", "group_type": group,
-                            "desired_sparsity": FRACTION,
+                            "desired_sparsity": FRACTION, "rounding_fn": rounding_fn,
                             "weights": [f"{n}.weight" for n in layers]}
             policies.append({"pruner": {"instance_name": key}, "epochs": [0]})
     return {"version": 1, "input_shape": list(sample_shape), "pruners": pruners,
@@ -245,8 +248,8 @@ def schedule(convs: Sequence[str], linears: Sequence[str], sample_shape: Sequenc
 
 
 def measure_ours(model: nn.Module, example: torch.Tensor, *, latency_budget: float = 3.0,
-                 max_forward: float = 2.0, stage: Callable[[str], None] = lambda s: None
-                 ) -> Dict[str, Any]:
+                 max_forward: float = 2.0, stage: Callable[[str], None] = lambda s: None,
+                 rounding_fn: str = "floor") -> Dict[str, Any]:
     """One row of compressor's columns for ``model`` (float32, eval) on ``example`` (batch 1).
 
     Never raises: an error in compressor gives ``ours = "FAIL (<stage>): <first line>"``."""
@@ -279,7 +282,7 @@ def measure_ours(model: nn.Module, example: torch.Tensor, *, latency_budget: flo
         convs = [n for n in targets if isinstance(kinds[n], nn.Conv2d)]
         linears = [n for n in targets if isinstance(kinds[n], nn.Linear)]
         stage(where := "build pruner")
-        sched = compressor.dict_config(work, None, schedule(convs, linears, sample_shape),
+        sched = compressor.dict_config(work, None, schedule(convs, linears, sample_shape, rounding_fn),
                                        example_input=x64) if targets else None
         stage(where := "prune")
         if sched is not None:
@@ -384,7 +387,7 @@ def measure_tp(model: nn.Module, example: torch.Tensor, *, latency_budget: float
 
 # ----------------------------------------------------------------------------- child processes
 def child(name: str, tool: str, latency_budget: float, max_forward: float,
-          tp_timeout: float = 0.0) -> None:
+          tp_timeout: float = 0.0, rounding_fn: str = "floor") -> None:
     """``--one NAME --tool T``: measure one model, print ``RESULT {json}`` (stages before it).
 
     For Torch-Pruning, ``tp_timeout`` seconds are allowed from building its pruner to the checked
@@ -405,8 +408,12 @@ def child(name: str, tool: str, latency_budget: float, max_forward: float,
 
     stage("build model")
     model, example = build_model(name)
-    fn = measure_ours if tool == "ours" else measure_tp
-    row = fn(model, example, latency_budget=latency_budget, max_forward=max_forward, stage=stage)
+    if tool == "ours":
+        row = measure_ours(model, example, latency_budget=latency_budget,
+                           max_forward=max_forward, stage=stage, rounding_fn=rounding_fn)
+    else:
+        row = measure_tp(model, example, latency_budget=latency_budget, max_forward=max_forward,
+                         stage=stage)
     print(RESULT_TAG + json.dumps(row), flush=True)
 
 
@@ -426,7 +433,8 @@ def run_child(name: str, tool: str, args: argparse.Namespace) -> Dict[str, Any]:
     memory = args.ours_memory_gb if tool == "ours" else args.tp_memory_gb
     cmd = [sys.executable, "-m", "benchmarks.bench_reach", "--one", name, "--tool", tool,
            "--threads", str(args.threads), "--latency-budget", str(args.latency_budget),
-           "--max-forward", str(args.max_forward), "--tp-timeout", str(args.tp_timeout)]
+           "--max-forward", str(args.max_forward), "--tp-timeout", str(args.tp_timeout),
+           "--rounding-fn", args.rounding_fn]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, BENCH_REACH_CHILD="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
@@ -596,6 +604,10 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds of timing per batch size (sets the rounds N, 3..15)")
     p.add_argument("--max-forward", type=float, default=2.0,
                    help="skip a batch size's latency when one dense pass takes longer (seconds)")
+    p.add_argument("--rounding-fn", choices=["floor", "ceil", "round"], default="floor",
+                   help="compressor's count rule rounding (default floor: at most 30%% pruned, "
+                        "Distiller's rule; ceil: at least 30%%, like Torch-Pruning's kept count "
+                        "int(0.7 N), which matters for the small groups of grouped convolutions)")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)
     p.add_argument("--tool", choices=["ours", "tp"], default="ours", help=argparse.SUPPRESS)
     return p
@@ -632,7 +644,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser().parse_args(argv)
     if args.one:
         torch.set_num_threads(args.threads)
-        child(args.one, args.tool, args.latency_budget, args.max_forward, args.tp_timeout)
+        child(args.one, args.tool, args.latency_budget, args.max_forward, args.tp_timeout,
+              args.rounding_fn)
         return
     print(main_text(argv))
 

@@ -157,3 +157,13 @@ def test_a_row_whose_latency_ran_out_of_time_keeps_its_numbers_and_says_so():
     text = br.render(rows, tp_ran=False, notes=[])
     assert "- note: big: ours latency not timed: over the 900 s limit" in text
     assert " 2 / 4 |" in text and " 0.800 |" in text
+
+
+def test_rounding_fn_ceil_prunes_at_least_the_fraction():
+    """``--rounding-fn ceil``: 30% of 8 filters prunes 3 (floor: 2), Torch-Pruning's count."""
+    assert br.schedule(["a"], [], (3, 8, 8), "ceil")["pruners"]["filters"]["rounding_fn"] == "ceil"
+    model, x = tiny()
+    floor = br.measure_ours(model, x, latency_budget=0.01, max_forward=5.0)
+    ceil = br.measure_ours(model, x, latency_budget=0.01, max_forward=5.0, rounding_fn="ceil")
+    assert ceil["ours"] == "PASS" and ceil["params_ratio"] < floor["params_ratio"]
+    assert br.parser().parse_args(["--rounding-fn", "ceil"]).rounding_fn == "ceil"
