@@ -314,3 +314,23 @@ def test_swin_attention_macs_by_hand():
     assert by["ShiftedWindowAttention"]["MACs"] == 4 * 16 * (48 * 16 + 16 * 16)
     assert by["attention (QK^T, AV)"]["MACs"] == 2 * 2 * 16 * 16 * 8 * 4
     assert len(df) == 2   # qkv and proj are not counted again as Linear calls
+
+
+def test_head_pruner_ranks_mha_heads():
+    """AttentionHeadPruner's readers include nn.MultiheadAttention's out_proj, so it masks whole
+    heads there; the neuron pruner does not rank the heads."""
+    from compressor.thinning.heads import attention_outputs
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    assert attention_outputs(model) == {"layers.0.self_attention.out_proj",
+                                        "layers.1.self_attention.out_proj"}
+    from compressor.graph.example_input import set_example_input
+    from compressor.pruners.heads import AttentionHeadPruner, MLPNeuronPruner
+    x = torch.randn(2, 5, 6)
+    set_example_input(model, x)
+    heads = AttentionHeadPruner("heads", 0.5, model=model)
+    assert set(heads.param_names) == {f"layers.{i}.self_attention.{t}" for i in range(2)
+                                      for t in ("in_proj_weight", "in_proj_bias",
+                                                "out_proj.weight")}
+    neurons = MLPNeuronPruner("neurons", 0.5, model=model)
+    assert "layers.0.self_attention.in_proj_bias" not in neurons.param_names   # no head rows

@@ -19,16 +19,24 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGraph, Producer
-from ..graph.attention import find_heads
+from ..graph.attention import find_heads, window_base, window_heads
 
 
 def attention_outputs(model: nn.Module) -> Set[str]:
-    """The output-projection module paths of the attention modules ``find_heads`` recognises."""
+    """The output-projection module paths of the attention modules the graph recognises:
+    ``find_heads`` (Hugging Face), ``nn.MultiheadAttention`` and torchvision's window attention
+    (Swin, MaxViT)."""
     out = set()
     for name, mod in model.named_modules():
         h = find_heads(name, mod)
         if h is not None:
             out.add(h.o)
+        elif isinstance(mod, nn.MultiheadAttention):
+            out.add(f"{name}.out_proj" if name else "out_proj")
+        else:
+            wh = window_heads(mod) if window_base(mod) is not None else None
+            if wh is not None and not isinstance(wh, str):
+                out.add(f"{name}.{wh.proj}" if name else wh.proj)
     return out
 
 
