@@ -35,8 +35,9 @@ setup(
         # its Trainer runs on accelerate; compressor.integrations.hf drives a schedule inside it
         "hf": ["transformers>=5.0", "gguf>=0.10", "accelerate>=1.0"],
         "lightning": ["lightning>=2.0"],          # compressor.integrations.lightning
+        "quant": ["torchao>=0.14"],               # --quantize-eval: int8 through torchao PT2E
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0", "pillow>=9", "matplotlib>=3.5",
-                 "transformers>=5.0", "accelerate>=1.0", "lightning>=2.0"],
+                 "transformers>=5.0", "accelerate>=1.0", "lightning>=2.0", "torchao>=0.14"],
     },
     entry_points={"console_scripts": [
         "compress-classifier=compressor_apps.compress_classifier:main",

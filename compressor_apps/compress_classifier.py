@@ -25,6 +25,7 @@ from compressor.errors import CompressorError, OptimizerMismatchError
 from compressor.scheduler import CompressionScheduler
 from .best import BestScores
 from .deploy import DeployConfig, export_at_end
+from .quantize import QEConfig, quantize_and_evaluate
 from .common import (choose_seed, make_optimizer, make_run_dir, pick_device, reports_error,
                      seed_everything, setup_logging)
 from .epochs import Loop
@@ -48,7 +49,7 @@ def shared_seed(config: RunConfig, distributed: bool) -> int:
 
 
 def run(config: RunConfig, kd: Optional[KDConfig] = None,
-        deploy: Optional[DeployConfig] = None) -> int:
+        deploy: Optional[DeployConfig] = None, qe: Optional[QEConfig] = None) -> int:
     """Run the mode ``config`` asks for (or train); returns the exit code."""
     if deploy is not None and deploy.enabled:
         deploy.check_mode(config)
@@ -175,6 +176,8 @@ def run(config: RunConfig, kd: Optional[KDConfig] = None,
         if code != 0:
             return code
         loop.test(num_classes)
+    if qe is not None and qe.enabled and main_rank:
+        quantize_and_evaluate(qe, model, scheduler, train_loader, test_loader, device, run_dir)
     if deploy is not None and deploy.enabled and main_rank:
         export_at_end(deploy, model, train_loader, model_dataset, run_dir)
     return 0
@@ -190,7 +193,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.error = one_line_error
     args = parser.parse_args(argv)
     try:
-        return run(RunConfig.from_args(args), KDConfig.from_args(args), DeployConfig.from_args(args))
+        return run(RunConfig.from_args(args), KDConfig.from_args(args), DeployConfig.from_args(args),
+                   QEConfig.from_args(args))
     except CompressorError as e:
         if reports_error(e):   # under torchrun, rank 0 alone for what every rank finds
             sys.stderr.write(f"{parser.prog}: error: {e}\n")

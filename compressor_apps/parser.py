@@ -5,6 +5,7 @@ import argparse
 
 from .deploy import add_deploy_args
 from .kd import add_distillation_args
+from .quantize import add_quantization_args
 
 SUMMARIES = ("sparsity", "compute", "model", "modules", "thinning")
 PHASES = ("train", "valid", "test")
@@ -149,4 +150,5 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print progress lines even on a terminal")
     add_distillation_args(p)
     add_deploy_args(p)
+    add_quantization_args(p)
     return p
