@@ -191,3 +191,11 @@ def test_thinning_mid_training_keeps_training(tmp_path):
     assert state["exp_avg"].shape == (8, 8)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == EPOCHS * 2 and all(math.isfinite(v) for v in losses)
+
+
+def test_thinning_under_ddp_is_refused():
+    from compressor.integrations._driver import refuse_distributed_thinning
+    scheduler = compressor.dict_config(TwoLayer(), None, THIN)
+    with pytest.raises(CompressorError, match=r"Hugging Face Trainer: thinning \(StructureRemover\) "
+                                              r"under 2 processes is not supported"):
+        refuse_distributed_thinning(scheduler, 2, "Hugging Face Trainer")
