@@ -265,11 +265,16 @@ def test_an_unknown_layer_norm_subclass_still_mixes_channels():
 def test_vit_like_residual_stream_thins_exactly(float64):
     torch.manual_seed(0)
     model = _random_norms(ViTLike())
-    with torch.no_grad():   # (a non-zero entry keeps its channel: see test_reach_cnn_patterns)
-        model.pos_embedding.zero_()
+    with torch.no_grad():
+        model.class_token.normal_()
     x = torch.randn(2, 3, 16, 16)
+    assert "conv_proj" in analyze(model, x).thinnable   # the pruner masks the added entries
     sched = _schedule(model, x)
     sched.on_epoch_begin(0)
+    gone = (sched.store.masks["conv_proj.weight"].flatten(1).sum(1) == 0).nonzero().flatten()
+    assert len(gone) == 3
+    for name in ("pos_embedding", "class_token"):   # masked with the stream's filters
+        assert torch.equal(getattr(model, name)[..., gone], torch.zeros(1, getattr(model, name).shape[1], 3))
     assert set(_masked(model)) == {"ln1", "ln2", "ln"}
     with torch.no_grad():
         ref = model(x)

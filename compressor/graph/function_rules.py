@@ -134,6 +134,7 @@ def param_channels(an: "Analyzer", node, other, other_shape, od: int, info: Chan
         nonzero = t.detach().ne(0).movedim(pdim, 0).reshape(n, -1).any(dim=1).tolist()
         reason = (f"{what} {verb} '{name}', not zero for this channel (zero its entries with the "
                   f"channel's filters, or remove the channel where no layer reads it)")
+        an.g.param_dirt.add(reason)
         dirty = [d or (reason if z else None) for d, z in zip(dirty, nonzero)]
     return dirty
 

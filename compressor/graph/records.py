@@ -184,6 +184,9 @@ class ChannelGraph:
     norms: List[NormRecord] = field(default_factory=list)
     norm: Dict[int, str] = field(default_factory=dict)    # root -> reason (a LayerNorm not told)
     norm_elems: Dict[int, str] = field(default_factory=dict)   # the same per element
+    # dirty reasons that are a parameter's entries added to a channel (``pos_embedding``): the
+    # structured pruners mask those entries with the filters, so the dry run lists such layers
+    param_dirt: set = field(default_factory=set)
 
     def link_and_block(self, open_links: Iterable[str] = ()) -> None:
         """Join every follower link except those of ``open_links`` (modules), then map the
@@ -206,7 +209,7 @@ class ChannelGraph:
         g = ChannelGraph(self.model_name, self.input_shape, self.producers, self.consumers,
                          self.followers, base=self.base, blocks=self.blocks,
                          balanced=self.balanced, params=self.params, widths=self.widths,
-                         norms=self.norms, norm_elems=self.norm_elems)
+                         norms=self.norms, norm_elems=self.norm_elems, param_dirt=self.param_dirt)
         g.uf.parent = list(self.base)
         g.link_and_block(modules)
         return g
@@ -223,12 +226,16 @@ class ChannelGraph:
         return self.hard.get(root) or self.soft.get(root) or self.dirty.get(root)
 
     def layer_status(self) -> Tuple[List[str], Dict[str, str], Dict[str, str]]:
-        """(thinnable layers, {fully blocked layer: reason}, {partly blocked layer: note})."""
+        """(thinnable layers, {fully blocked layer: reason}, {partly blocked layer: note}).
+
+        A channel made non-zero only by a parameter's entries added to it (``param_dirt``) does
+        not make its layer blocked, since the structured pruners mask those entries with the
+        filters; it is still noted as partly blocked while the entries are not zero."""
         thinnable, blocked, partial = [], {}, {}
         for p in self.producers:
             reasons = [self.filter_block(r) for r in self.roots(p.ids)]
             bad = [r for r in reasons if r]
-            if len(bad) == len(reasons):
+            if all(r and r not in self.param_dirt for r in reasons):
                 hard = [self.hard.get(r) for r in self.roots(p.ids) if self.hard.get(r)]
                 blocked[p.module] = hard[0] if hard else bad[0]
             else:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -242,6 +242,33 @@ def _position_cells(index: Dict[str, List[int]], cells: Dict[str, List[int]]
         return None
     sizes = [out.count(c) for c in set(out)]
     return out if len(sizes) > 1 and len(set(sizes)) == 1 else None   # type: ignore[return-value]
+
+
+def param_dependents(model: nn.Module, weight_names: Sequence[str]
+                     ) -> Dict[str, List[Tuple[str, int, List[int]]]]:
+    """{weight name: [(parameter, dim, the weight's filter at each of its positions or -1)]} for
+    the parameters the forward combines with its output channels (ViT's ``pos_embedding`` and
+    class token, ConvNeXt's ``layer_scale``; ``graph.ParamSlice``). Masking their entries with
+    the filters keeps a pruned channel exactly zero where the parameter is added to it. An
+    untraceable model has none."""
+    try:
+        g = analyze_graph(model)
+    except CompressorError:
+        return {}
+    producers = {p.weight: p for p in g.producers}
+    out: Dict[str, List[Tuple[str, int, List[int]]]] = {}
+    for w in weight_names:
+        p = producers.get(w)
+        if p is None:
+            continue
+        at: Dict[int, int] = {}
+        for f, r in enumerate(g.roots(p.ids)):
+            at.setdefault(r, f)
+        for ps in g.params:
+            idx = [at.get(r, -1) for r in g.roots(ps.ids)]
+            if any(i >= 0 for i in idx):
+                out.setdefault(w, []).append((ps.tensor, ps.dim, idx))
+    return out
 
 
 def dependents(model: nn.Module, weight_names: Sequence[str], with_batchnorm: bool = True

@@ -40,7 +40,7 @@ from ..errors import ComponentArgError, CompressorError, listing
 from ..masks import unwrap
 from ..schedules import agp_sparsity
 from .base import PruneContext, Pruner
-from .coupling import DEPENDENCIES, Unit, dependents, make_units
+from .coupling import DEPENDENCIES, Unit, dependents, make_units, param_dependents
 from .criteria import Criterion, seeded_generator
 from .granularity import Granularity
 from .magnitude import check_number, check_sparsity
@@ -180,6 +180,16 @@ def agp_fractions(initial_sparsity, final_sparsity) -> tuple:
 
 
 # -- the pruner -------------------------------------------------------------------------------
+def _along(keep: torch.Tensor, idx: List[int], dim: int, shape) -> torch.Tensor:
+    """A parameter's mask from a filter keep vector: position j along ``dim`` takes
+    ``keep[idx[j]]`` (1 where ``idx[j]`` is -1)."""
+    vec = keep.new_ones(len(idx))
+    at = [j for j, i in enumerate(idx) if i >= 0]
+    vec[at] = keep[[idx[j] for j in at]]
+    view = [len(idx) if k == dim else 1 for k in range(len(shape))]
+    return vec.reshape(view).expand(*shape).clone()
+
+
 class RankedStructurePruner(Pruner):
     """Prune the lowest-scoring structures of each unit of weights to the target's fraction.
 
@@ -211,6 +221,7 @@ class RankedStructurePruner(Pruner):
         self.seed = check_seed(seed)
         self.units: List[Unit] = make_units(self.weights, self.group_dependency, False, None, self.weights)
         self.deps: Dict[str, List[str]] = {}
+        self.param_deps: Dict[str, list] = {}   # pos_embedding ... (coupling.param_dependents)
         self._problems: Dict[str, str] = {}
         self._pending: Optional[weakref.ref] = None
         #: Set by the builder when it records the first input: a step asked for before then is
@@ -244,6 +255,7 @@ class RankedStructurePruner(Pruner):
         if granularity.along_outputs:
             members = [m for u in self.units for m in u.members]
             self.deps = dependents(model, members, with_batchnorm=granularity.canonical == "Filters")
+            self.param_deps = param_dependents(model, members)
         scored = list(dict.fromkeys(n for u in self.units for n in u.scored))
         try:
             problems = criterion.prepare(model, scored, granularity)
@@ -283,6 +295,7 @@ class RankedStructurePruner(Pruner):
         names = list(self.weights)
         names += [m for u in self.units for m in u.members]
         names += [d for u in self.units for m in u.members for d in self.deps.get(m, [])]
+        names += [t for u in self.units for m in u.members for t, _, _ in self.param_deps.get(m, [])]
         return list(dict.fromkeys(names))
 
     def check(self, params) -> None:
@@ -339,6 +352,9 @@ class RankedStructurePruner(Pruner):
                 out[m] = self.member_mask(own, params[m].shape, ctx)
                 for d in self.deps.get(m, []):
                     out[d] = own.clone()
+                for t, dim, idx in self.param_deps.get(m, []):
+                    mask = _along(own, idx, dim, params[t].shape)
+                    out[t] = mask if t not in out else out[t] * mask
         self.criterion.step_done(ctx)
         if ctx.event >= ctx.n_events - 1 and not ctx.options.mini_batch_pruning_frequency:
             self.close()   # the last pruning step: statistics are no longer needed
