@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
 
 import compressor  # noqa: E402
+from helpers.event_counter import counted, counts  # noqa: E402
 from compressor.errors import CheckpointError, CompressorError, ScheduleError  # noqa: E402
 from compressor.integrations.hf import (STATE_FILE, CompressionCallback,  # noqa: E402
                                         CompressionTrainer)
@@ -55,7 +56,7 @@ def arguments(out, **kw) -> TrainingArguments:
 
 def trainer_for(out, schedule=SCHEDULE, model=None, data=None, **kw):
     model = model if model is not None else tiny_llama()
-    scheduler = compressor.dict_config(model, None, schedule)
+    scheduler = counted(compressor.dict_config(model, None, schedule), EPOCHS)
     return CompressionTrainer(model=model, args=arguments(out, **kw),
                               train_dataset=data if data is not None else tokens(),
                               compression_scheduler=scheduler)
@@ -106,6 +107,9 @@ def test_resumed_run_equals_uninterrupted(full_run, tmp_path, step):
     resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{step}"))
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), f"resumed from checkpoint-{step} differs in {name}"
+    every = list(range(EPOCHS))   # each epoch began and ended once, across the interruption
+    assert counts(full.compression_callback.scheduler) == (every, every)
+    assert counts(resumed.compression_callback.scheduler) == (every, every)
 
 
 def test_resume_without_state_file_is_refused(full_run, tmp_path):

@@ -12,6 +12,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch")
 
 import compressor  # noqa: E402
+from helpers.event_counter import counted, counts  # noqa: E402
 from compressor.errors import CheckpointError, CompressorError, ScheduleError  # noqa: E402
 from compressor.integrations.lightning import (CHECKPOINT_KEY, CompressionCallback,  # noqa: E402
                                                CompressionModule)
@@ -63,7 +64,7 @@ def loader():
 
 def fit(out, schedule=SCHEDULE, epochs=EPOCHS, ckpt_path=None, module=None, **kw):
     module = module if module is not None else Module()
-    callback = CompressionCallback(compressor.dict_config(module.net, None, schedule))
+    callback = CompressionCallback(counted(compressor.dict_config(module.net, None, schedule), EPOCHS))
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=str(out),
                          logger=pl.loggers.CSVLogger(str(out), name="logs"),
                          callbacks=[callback], enable_progress_bar=False,
@@ -105,9 +106,11 @@ def test_resumed_run_equals_uninterrupted(full_run, tmp_path):
     ckpt = trainer.checkpoint_callback.best_model_path
     saved = torch.load(ckpt, weights_only=True)
     assert saved[CHECKPOINT_KEY]["ended"] == 1
-    resumed, _, _ = fit(tmp_path / "second", ckpt_path=ckpt)
+    resumed, _, callback = fit(tmp_path / "second", ckpt_path=ckpt)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+    every = list(range(EPOCHS))   # each epoch began and ended once, across the interruption
+    assert counts(callback.scheduler) == (every, every)
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
