@@ -11,7 +11,7 @@ micro-batch's loss, which Lightning divides by the number of micro-batches)::
     on_train_epoch_start      -> on_epoch_begin(current_epoch)
     on_train_batch_start      -> on_minibatch_begin   (first micro-batch of each optimizer step)
     compression_loss(loss)    -> before_backward_pass (call it in training_step)
-    on_before_optimizer_step  -> before_parameter_optimization
+    on_before_optimizer_step  -> before_parameter_optimization   (before gradient clipping)
     on_train_batch_end        -> on_minibatch_end     (after the step: masks re-applied)
     on_train_epoch_end        -> on_epoch_end(current_epoch, metrics from callback_metrics)
     on_save_checkpoint        -> checkpoint["compression_scheduler"]
