@@ -1,5 +1,7 @@
 """Quantization: the quantizers: section and quantizer: policy (QAT in place), and PTQ int8."""
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -193,6 +195,14 @@ def test_ptq_settings_and_safe_round_trip(tmp_path):
     for n in (1, 3):   # the batch dimension is dynamic
         assert torch.equal(loaded(x[:n]), gm(x[:n]))
     assert (tmp_path / "m.json").exists()
+    # it loads and runs with torch alone: torchao and compressor blocked in a fresh process
+    code = ("import sys; sys.modules['torchao'] = None; sys.modules['compressor'] = None\n"
+            "import torch, torch.ao.quantization.fx._decomposed\n"
+            f"m = torch.export.load({str(path)!r}).module()\n"
+            "print(tuple(m(torch.zeros(2, 1, 28, 28)).shape))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(tmp_path))
+    assert out.returncode == 0 and out.stdout.strip() == "(2, 10)", out.stderr[-500:]
     with pytest.raises(ValueError, match="weights must be SYMMETRIC"):
         ptq.quantize_int8(model, x, [x], ptq.PTQSettings(mode_weights=fq.ASYMMETRIC_UNSIGNED))
     with pytest.raises(ValueError, match="bits_weights must be 2..8"):
@@ -225,3 +235,15 @@ def test_int8_lenet5_on_real_mnist_is_within_0_3_points_of_float():
     assert float_acc > 0.8   # 100 steps: trained, far from chance (0.1)
     # 1000 test images: one image is 0.1 points; the bound is the issue's goal, 0.3 points
     assert abs(float_acc - int8_acc) <= 0.003, (float_acc, int8_acc)
+
+
+def test_every_weight_transform_keeps_exact_zeros():
+    torch.manual_seed(0)
+    w = torch.randn(6, 4, 3, 3)
+    w[w.abs() < 0.5] = 0
+    zero = w == 0
+    for bits in (2, 3, 8):
+        assert torch.all(fq.dorefa_weight(w, bits)[zero] == 0)
+        for mode in fq.MODES:
+            for per_channel in (False, True):
+                assert torch.all(fq.range_linear_weight(w, bits, mode, per_channel)[zero] == 0)

@@ -147,7 +147,13 @@ def save_int8(gm: torch.fx.GraphModule, example: torch.Tensor, path: str,
 
 
 def load_int8(path: str) -> nn.Module:
-    """The saved int8 model as a callable module (``torch.export.load``; no pickled code)."""
+    """The saved int8 model as a callable module (``torch.export.load``; no pickled code).
+
+    Elsewhere, with torch alone: ``import torch.ao.quantization.fx._decomposed`` (it registers the
+    ``quantized_decomposed`` quantize/dequantize ops the program calls), then
+    ``torch.export.load(path).module()``; neither torchao nor compressor is needed.
+    """
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the q/dq ops)
     return torch.export.load(path).module()
 
 
