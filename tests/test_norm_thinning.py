@@ -283,3 +283,58 @@ def test_vit_like_residual_stream_thins_exactly(float64):
     assert model.pos_embedding.shape[-1] == model.class_token.shape[-1] == model.ln.weight.numel()
     with torch.no_grad():
         assert_same_function(model(x), ref)
+
+
+# ---- Swin's residual stream and patch merging ---------------------------------------------------
+
+def _patch_merging_pad(x):
+    """torchvision's Swin: pad H and W to even sizes, join the four 2x2 phases on the channels."""
+    H, W, _ = x.shape[-3:]
+    x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    return torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :],
+                      x[..., 1::2, 1::2, :]], -1)
+
+
+# torchvision wraps it for torch.fx (a leaf call known by its qualified name)
+_patch_merging_pad.__module__ = "torchvision.models.swin_transformer"
+torch.fx.wrap("_patch_merging_pad")
+
+
+class SwinLike(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.patch = nn.Conv2d(3, c, 4, 4)
+        self.norm0, self.norm1 = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.mlp1 = nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c))
+        self.merge_norm = nn.LayerNorm(4 * c)
+        self.reduction = nn.Linear(4 * c, 2 * c, bias=False)
+        self.norm2 = nn.LayerNorm(2 * c)
+        self.mlp2 = nn.Sequential(nn.Linear(2 * c, 4 * c), nn.GELU(), nn.Linear(4 * c, 2 * c))
+        self.norm = nn.LayerNorm(2 * c)
+        self.head = nn.Linear(2 * c, 3)
+
+    def forward(self, x):
+        x = self.norm0(self.patch(x).permute(0, 2, 3, 1))
+        x = x + self.mlp1(self.norm1(x))
+        x = self.reduction(self.merge_norm(_patch_merging_pad(x)))
+        x = x + self.mlp2(self.norm2(x))
+        return self.head(self.norm(x).mean((1, 2)))
+
+
+def test_swin_like_stream_and_patch_merging_thin_exactly(float64):
+    torch.manual_seed(0)
+    model = _random_norms(SwinLike())
+    x = torch.randn(2, 3, 20, 20)   # 5x5 patches: the merging pads
+    assert sorted(analyze(model, x).thinnable) == sorted(
+        n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n != "head")
+    sched = _schedule(model, x)
+    sched.on_epoch_begin(0)
+    assert {"norm0", "norm1", "merge_norm", "norm2", "norm"} <= set(_masked(model))
+    with torch.no_grad():
+        ref = model(x)
+    contract_model(model, x, store=sched)
+    c = model.patch.out_channels
+    assert c < 8 and model.merge_norm.normalized_shape == (4 * c,) and not _masked(model)
+    assert model.reduction.in_features == 4 * c
+    with torch.no_grad():
+        assert_same_function(model(x), ref)

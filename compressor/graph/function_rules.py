@@ -473,8 +473,19 @@ FUNCTION_RULES: Dict[Any, FunctionRule] = {
 }
 
 # Functions of optional packages, by ``nodes.qualified_name`` (looked up after FUNCTION_RULES).
+def patch_merging(an: "Analyzer", node, c: Call) -> Optional[ChannelInfo]:
+    """torchvision Swin's ``_patch_merging_pad(x)`` on ``(..., H, W, C)``: zero-pads H and W to
+    even sizes and joins the four 2x2 phases along the channels, ``cat([x0, x1, x2, x3], -1)``:
+    the channel list four times (a zero channel stays zero in each copy)."""
+    if not c.single or c.in_shape is None or c.info.cdim != len(c.in_shape) - 1:
+        return an.fallback(node, c.name)
+    dirty = None if c.info.dirty is None else c.info.dirty * 4
+    return ChannelInfo(list(c.info.ids) * 4, c.info.cdim, dirty)
+
+
 NAMED_FUNCTION_RULES: Dict[str, FunctionRule] = {
     **{n: keeps_zero for n in NAMED_ZERO},
+    "torchvision.models.swin_transformer._patch_merging_pad": patch_merging,
 }
 
 METHOD_RULES: Dict[str, FunctionRule] = {

@@ -71,15 +71,20 @@ class Granularity:
     def _type(self, shape: Sequence[int]) -> str:
         """The group type for a weight of ``shape``: ``Filters`` on a Linear weight (rank 2) that
         is coupled to convolutions (ConvNeXt's and ViT's residual streams) is its output neurons,
-        ``Cols``; listed weights are checked strictly (``check``)."""
-        return "Cols" if self.canonical == "Filters" and len(shape) == 2 else self.group_type
+        ``Cols``, and ``Cols`` on a coupled convolution its filters; listed weights are checked
+        strictly (``check``)."""
+        if self.canonical == "Filters" and len(shape) == 2:
+            return "Cols"
+        if self.canonical == "Cols" and len(shape) >= 3:   # a conv coupled to linear layers
+            return "Filters"
+        return self.group_type
 
     def check(self, name: str, shape: Sequence[int], coupled: bool = False) -> None:
         """``ComponentArgError('group_type', ...)`` unless the type cuts parameter ``name``
         (``coupled``: a weight coupled to a listed one, see ``_type``)."""
         check_group_type(self._type(shape) if coupled else self.group_type, shape, "group_type",
                          block_shape=self.block_shape, what=f"parameter '{name}'",
-                         allowed=self.allowed + ("Cols",) if coupled else self.allowed)
+                         allowed=self.allowed + ("Cols", "Filters") if coupled else self.allowed)
         if self.n_groups(shape) < 2:
             raise ComponentArgError(
                 "group_type", f"group type {self.group_type!r} cuts parameter '{name}' of shape "

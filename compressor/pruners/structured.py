@@ -237,7 +237,7 @@ class RankedStructurePruner(Pruner):
         missing = [w for w in self.weights if w not in params]
         if missing:
             raise ComponentArgError("weights", f"'{missing[0]}' is not a parameter of the model")
-        units = make_units(self.weights, self.group_dependency, granularity.canonical == "Filters",
+        units = make_units(self.weights, self.group_dependency, granularity.along_outputs,
                            model, list(params), defer=True)
         # No example input yet and no usual image size fits: coupling waits for the first batch
         # (the builder records it); until then the listed weights are checked one by one.
