@@ -464,27 +464,38 @@ class RankedStructurePruner(Pruner):
                 kinds.setdefault(delta[i], []).append(i)
         k = structures_to_prune(fraction, sum(width), self.group_size, self.rounding_fn)
         zero = (0,) * len(delta[0]) if n else ()
+        items = list(kinds.items())
+        # what the kinds after each step can still add to each balance (to prune dead states)
+        reach = [(zero, zero)]
+        for d, members in reversed(items):
+            lo, hi = reach[0]
+            m = len(members)
+            reach.insert(0, (tuple(a + min(0, m * y) for a, y in zip(lo, d)),
+                             tuple(b + max(0, m * y) for b, y in zip(hi, d))))
         best: Dict[tuple, tuple] = {zero: (0, ())}     # balance -> (filters, counts per kind)
-        for d, members in kinds.items():
+        for step, (d, members) in enumerate(items):
             prefix = [0]
             for i in members:
                 prefix.append(prefix[-1] + width[i])
+            lo, hi = reach[step + 1]
             nxt: Dict[tuple, tuple] = {}
             for bal, (f, chosen) in best.items():
                 for c in range(len(members) + 1):
                     if f + prefix[c] > k:
                         break
                     b2 = tuple(x + c * y for x, y in zip(bal, d))
+                    if any(not (a <= -x <= b) for x, a, b in zip(b2, lo, hi)):
+                        continue   # the kinds left cannot balance it again
                     if b2 not in nxt or nxt[b2][0] < f + prefix[c]:
                         nxt[b2] = (f + prefix[c], chosen + (c,))
-            if len(nxt) > 20000:   # keep the search small: the states with the most filters
-                nxt = dict(sorted(nxt.items(), key=lambda kv: -kv[1][0])[:20000])
+            if len(nxt) > 5000:   # keep the search small: the states with the most filters
+                nxt = dict(sorted(nxt.items(), key=lambda kv: -kv[1][0])[:5000])
             best = nxt
         found = best.get(zero)
         if not found or found[0] == 0:
             return None
         keep = torch.ones(n, dtype=torch.bool)
-        for (d, members), c in zip(kinds.items(), found[1]):
+        for (d, members), c in zip(items, found[1]):
             keep[members[:c]] = False
         for m, per in copies.items():     # every member keeps a filter, every part a channel
             if all(not keep[i] for i, c in enumerate(per) if c):
