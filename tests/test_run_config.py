@@ -9,6 +9,7 @@ from compressor import data, models
 from compressor.data.catalog import CATALOG, MODEL_DATASETS, dataset_spec
 from compressor_apps.deploy import DeployConfig
 from compressor_apps.kd import KDConfig
+from compressor_apps.quantize import QEConfig
 from compressor_apps.parser import build_parser
 from compressor_apps.run_config import RunConfig, UsageError, model_dataset_of, pending_warnings
 
@@ -22,9 +23,11 @@ def test_every_parser_option_is_a_field_and_the_defaults_agree():
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     kd = {name for name in parsed if name.startswith("kd_")}   # the --kd-* flags: KDConfig
     deploy = {name for name in parsed if name.startswith("export_deploy")}   # DeployConfig
-    assert set(parsed) - fields == {"deprecated_resume"} | kd | deploy   # resolved into resume_from
+    qe = {"quantize_eval"} | {name for name in parsed if name.startswith("qe_")}   # QEConfig
+    assert set(parsed) - fields == {"deprecated_resume"} | kd | deploy | qe   # resolved into resume_from
     assert KDConfig.from_args(argparse.Namespace(**parsed)) == KDConfig()   # off by default
     assert DeployConfig.from_args(argparse.Namespace(**parsed)) == DeployConfig()
+    assert QEConfig.from_args(argparse.Namespace(**parsed)) == QEConfig()
     made = config()
     for name in fields:
         value = parsed[name]
