@@ -57,7 +57,7 @@ def test_an_alias_rejects_an_unknown_argument_under_its_own_name_listing_its_for
     with pytest.raises(ScheduleError, match=r"pruners\.p\.criterion: L1RankedStructureParameterPruner_AGP "
                                             r"has no parameter 'criterion'; valid: initial_sparsity, "
                                             r"final_sparsity, group_type, weights, group_dependency, "
-                                            r"kwargs, noise, group_size, rounding_fn, seed$"):
+                                            r"kwargs, noise, group_size, rounding_fn, seed, round_to$"):
         _build({"class": "L1RankedStructureParameterPruner_AGP", "initial_sparsity": 0.1,
                 "final_sparsity": 0.5, "group_type": "Filters", "weights": ["conv1.weight"],
                 "criterion": "L2"})
