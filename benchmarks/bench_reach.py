@@ -1,7 +1,9 @@
 """Reach: how much of every torchvision classifier compressor thins exactly, beside Torch-Pruning.
 
 Per model (all of ``torchvision.models.list_models(module=torchvision.models)`` by default, random
-weights drawn after ``torch.manual_seed(0)``, eval mode, GoogLeNet and Inception-v3 without
+weights drawn after ``torch.manual_seed(0)`` (weight matrices that torchvision initialises to
+zeros, ViT's classifier, filled with N(0, 0.02²) so the output is not identically zero), eval
+mode, GoogLeNet and Inception-v3 without
 their training-only auxiliary heads; input 64x64, 96x96 for inception_v3, 224x224 for the ViTs and
 MaxViT, whose position embeddings or windows fix the size):
 
@@ -91,6 +93,20 @@ def torchvision_models() -> List[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def fill_zero_weights(model: nn.Module) -> int:
+    """Give small random values to weight matrices that are initialised to all zeros (ViT's
+    classifier head): with a zero classifier the output is identically zero, and EXACT would
+    compare zeros with zeros. Returns how many were filled."""
+    g = torch.Generator().manual_seed(2)
+    filled = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not bool(p.any()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                filled += 1
+    return filled
+
+
 def build_model(name: str) -> Tuple[nn.Module, torch.Tensor]:
     """The named model with seed-0 random weights in eval mode, and its example input (batch 1).
     Torchvision names, or the transformer names of ``transformer_models()``."""
@@ -104,6 +120,7 @@ def build_model(name: str) -> Tuple[nn.Module, torch.Tensor]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # GoogLeNet / Inception's init-weights FutureWarning
         model = torchvision.models.get_model(name, **kwargs).eval()
+    fill_zero_weights(model)
     s = input_size(name)
     return model, torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(1))
 

@@ -167,3 +167,14 @@ def test_rounding_fn_ceil_prunes_at_least_the_fraction():
     ceil = br.measure_ours(model, x, latency_budget=0.01, max_forward=5.0, rounding_fn="ceil")
     assert ceil["ours"] == "PASS" and ceil["params_ratio"] < floor["params_ratio"]
     assert br.parser().parse_args(["--rounding-fn", "ceil"]).rounding_fn == "ceil"
+
+
+def test_zero_initialised_weight_matrices_are_filled_so_exact_is_not_vacuous():
+    from benchmarks.bench_reach import fill_zero_weights
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+    assert fill_zero_weights(model) == 1
+    assert bool(model[1].weight.any()) and not bool(model[1].bias.any())   # biases stay
+    assert bool(model(torch.randn(2, 4)).any())
