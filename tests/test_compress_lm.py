@@ -66,8 +66,14 @@ def test_dense_perplexity_only(lm_dir, tmp_path):
     assert "ppl_pruned" not in r and r["ppl_dense"] > 1
 
 
+def test_dense_fine_tuning_is_the_baseline(lm_dir, tmp_path):
+    report = tmp_path / "r.json"
+    assert run(lm_dir, "--finetune-steps", "2", "--json", str(report)) == 0
+    r = json.loads(report.read_text())
+    assert "ppl_pruned" not in r and r["ppl_finetuned"] != r["ppl_dense"]
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["--finetune-steps", "2"], "--finetune-steps needs --compress"),
     (["--compress", "nope.yaml"], "--compress 'nope.yaml': no such file"),
     (["--seq-len", "1"], "--seq-len must be >= 2"),
     (["--lr", "0"], "--lr must be > 0"),
