@@ -10,7 +10,8 @@ MaxViT, whose position embeddings or windows fix the size):
 * **compressor**, as a user would: the dry run (``compressor.thinning.analyze``) lists the
   thinnable layers; one schedule with two ``L1RankedStructureParameterPruner``s at 30% (``Filters``
   on the convolutions, ``Cols``, the output neurons, on the linear layers), automatic coupling,
-  is built with ``compressor.dict_config`` and applied (``on_epoch_begin(0)``); then
+  preceded, in models with attention modules (ViT, Swin, MaxViT), by an ``AttentionHeadPruner``
+  at 30% of each attention layer's heads, is built with ``compressor.dict_config`` and applied (``on_epoch_begin(0)``); then
   ``compressor.thinning.contract_model``. All of it on a float64 copy of the model, so that
   EXACT compares the thinned output with the masked one under the bound of
   ``tests/helpers/exact.py`` (relative error <= 1e-9 of the output's scale). The thinned model is
@@ -247,13 +248,24 @@ def partial(row: Dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- compressor
+def has_attention(model: nn.Module) -> bool:
+    """Whether the model has attention modules (``nn.MultiheadAttention``, Swin's and MaxViT's
+    attention classes: any module class whose name contains 'Attention')."""
+    return any("Attention" in type(m).__name__ for m in model.modules())
+
+
 def schedule(convs: Sequence[str], linears: Sequence[str], sample_shape: Sequence[int],
-             rounding_fn: str = "floor") -> dict:
+             rounding_fn: str = "floor", heads: bool = False) -> dict:
     """The schedule a user writes: 30% of the filters of the convolutions and of the output
     neurons (``Cols``) of the linear layers, by L1, with automatic coupling (``rounding_fn``:
     the count rule's rounding; ``ceil`` prunes at least 30%, as Torch-Pruning's kept count
-    ``int(N * 0.7)`` does)."""
+    ``int(N * 0.7)`` does). With ``heads``, first an ``AttentionHeadPruner`` at 30% of each
+    attention layer's heads (whole heads: the layer-wise L1 ranking rarely zeroes all of a
+    head's q/k/v rows, so without it heads stay)."""
     pruners, policies = {}, []
+    if heads:
+        pruners["heads"] = {"class": "AttentionHeadPruner", "desired_sparsity": FRACTION}
+        policies.append({"pruner": {"instance_name": "heads"}, "epochs": [0]})
     for key, group, layers in (("filters", "Filters", convs), ("neurons", "Cols", linears)):
         if layers:
             pruners[key] = {"class": "L1RankedStructureParameterPruner", "group_type": group,
@@ -299,7 +311,8 @@ def measure_ours(model: nn.Module, example: torch.Tensor, *, latency_budget: flo
         convs = [n for n in targets if isinstance(kinds[n], nn.Conv2d)]
         linears = [n for n in targets if isinstance(kinds[n], nn.Linear)]
         stage(where := "build pruner")
-        sched = compressor.dict_config(work, None, schedule(convs, linears, sample_shape, rounding_fn),
+        sched = compressor.dict_config(work, None, schedule(convs, linears, sample_shape, rounding_fn,
+                                                             heads=has_attention(model)),
                                        example_input=x64) if targets else None
         stage(where := "prune")
         if sched is not None:

@@ -178,3 +178,13 @@ def test_zero_initialised_weight_matrices_are_filled_so_exact_is_not_vacuous():
     assert fill_zero_weights(model) == 1
     assert bool(model[1].weight.any()) and not bool(model[1].bias.any())   # biases stay
     assert bool(model(torch.randn(2, 4)).any())
+
+
+def test_models_with_attention_get_a_head_pruner_first():
+    from benchmarks.bench_reach import has_attention, schedule
+    assert has_attention(nn.Sequential(nn.MultiheadAttention(8, 2)))
+    assert not has_attention(nn.Sequential(nn.Linear(2, 2)))
+    with_heads = schedule([], ["fc"], (4,), heads=True)
+    assert with_heads["pruners"]["heads"] == {"class": "AttentionHeadPruner", "desired_sparsity": 0.3}
+    assert with_heads["policies"][0] == {"pruner": {"instance_name": "heads"}, "epochs": [0]}
+    assert "heads" not in schedule([], ["fc"], (4,))["pruners"]
