@@ -9,7 +9,6 @@ writes ``quantized.pt2`` + ``quantized.json`` in the run folder (docs/methods/qu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os

@@ -1,6 +1,5 @@
 """The language-model app: prune a (tiny, random) Hugging Face causal LM under a schedule."""
 import json
-import os
 import pathlib
 
 import pytest

@@ -110,8 +110,8 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(pattern):
 
     def err(wp):
         return float(((x @ w.T - x @ wp.T) ** 2).sum())
-    assert err(new) < err(w * wanda) <= err(w * mag) * 1.0001 or err(new) < err(w * mag)
     assert err(new) < err(w * wanda)
+    assert err(new) < err(w * mag)
 
 
 # -- pruners in a schedule -----------------------------------------------------------------------
@@ -201,12 +201,9 @@ def test_take_samples_counts_rows_of_tensors_and_dicts():
 
 
 def test_a_decoder_is_pruned_block_by_block():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=3, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    pytest.importorskip("transformers")
+    from helpers.models import tiny_llama
+    model = tiny_llama(layers=3)
     seen = []
     progress = lambda done, total, label: seen.append((done, total, label))
     sched = compressor.dict_config(model, None, schedule(

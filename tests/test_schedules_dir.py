@@ -94,15 +94,12 @@ def test_header_parsing_is_strict(tmp_path):
 
 
 def build_and_run_lm(path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     import torch
     import compressor
     from compressor.oneshot import provide_calibration
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    from helpers.models import tiny_llama
+    model = tiny_llama()
     scheduler = compressor.file_config(model, None, str(path))
     provide_calibration(scheduler, [{"input_ids": torch.randint(0, 64, (1, 16)), "use_cache": False}
                                     for _ in range(4)])

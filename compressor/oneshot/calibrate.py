@@ -13,7 +13,7 @@ forward pass of the whole model, after the blocks.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ class InputStats:
 
 
 Batch = Any
-PruneLayer = Callable[[str, nn.Module, Optional[InputStats]], None]
+PruneLayer = Callable[[str, nn.Module, InputStats], None]
 Progress = Callable[[int, int, str], None]
 
 
@@ -78,10 +78,7 @@ class _Stop(Exception):
     pass
 
 
-def _collect(layers: Mapping[str, nn.Module], hessian: bool, stats: bool, run: Callable[[], None]):
-    if not stats:
-        run()
-        return {name: None for name in layers}
+def _collect(layers: Mapping[str, nn.Module], hessian: bool, run: Callable[[], None]):
     found = {name: InputStats(m.in_features, hessian) for name, m in layers.items()}
     handles = [m.register_forward_hook(lambda mod, args, out, s=found[name]: s.add(args[0]))
                for name, m in layers.items()]
@@ -117,7 +114,7 @@ def _first_block_inputs(model, block, batches) -> List[Tuple[tuple, dict]]:
 
 
 def run_sequential(model: nn.Module, layers: Mapping[str, nn.Module], batches: Sequence[Batch],
-                   prune_layer: PruneLayer, stats: bool = True, hessian: bool = False,
+                   prune_layer: PruneLayer, hessian: bool = False,
                    sequential: bool = True, progress: Optional[Progress] = None) -> None:
     """Collect each layer's input statistics and call ``prune_layer(name, module, stats)``."""
     if not batches:
@@ -127,7 +124,7 @@ def run_sequential(model: nn.Module, layers: Mapping[str, nn.Module], batches: S
     remaining = dict(layers)
     try:
         with torch.no_grad():
-            found = find_blocks(model, list(layers)) if sequential and stats else None
+            found = find_blocks(model, list(layers)) if sequential else None
             if found is not None:
                 path, blocks = found
                 _check_chained(model, blocks, path, batches[0])
@@ -139,7 +136,7 @@ def run_sequential(model: nn.Module, layers: Mapping[str, nn.Module], batches: S
                         def run(block=block, inputs=inputs):
                             for args, kwargs in inputs:
                                 block(*args, **kwargs)
-                        for name, s in _collect(mine, hessian, stats, run).items():
+                        for name, s in _collect(mine, hessian, run).items():
                             prune_layer(name, mine[name], s)
                             del remaining[name]
                     inputs = [_next_inputs(block, args, kwargs, path, i) for args, kwargs in inputs]
@@ -149,7 +146,7 @@ def run_sequential(model: nn.Module, layers: Mapping[str, nn.Module], batches: S
                 def run_all():
                     for batch in batches:
                         call_model(model, batch)
-                for name, s in _collect(remaining, hessian, stats, run_all).items():
+                for name, s in _collect(remaining, hessian, run_all).items():
                     prune_layer(name, remaining[name], s)
                 if progress:
                     progress(1, 1, "model")

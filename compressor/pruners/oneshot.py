@@ -16,7 +16,6 @@ first (``compressor.oneshot.select``).
 """
 from __future__ import annotations
 
-from itertools import islice
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -123,9 +122,8 @@ class CalibratedPruner(Pruner):
             for lname, module in layers.items():
                 prune_layer(lname, module, None)
         else:
-            run_sequential(model, layers, batches, prune_layer, stats=True,
-                           hessian=self.needs_hessian, sequential=self.sequential,
-                           progress=self.progress)
+            run_sequential(model, layers, batches, prune_layer, hessian=self.needs_hessian,
+                           sequential=self.sequential, progress=self.progress)
         return out
 
     def _keep_from_scores(self, scores: torch.Tensor, per_row: bool) -> torch.Tensor:

@@ -36,3 +36,15 @@ class Untraceable(nn.Module):
         if x.sum() > 0:
             return self.conv(x)
         return x
+
+
+def tiny_llama(layers: int = 2, vocab: int = 64, seed: int = 0) -> nn.Module:
+    """A random Hugging Face Llama (hidden 32, MLP 64, 4 query / 2 key-value heads) in eval mode:
+    the layer names of real decoders (``model.layers.N.self_attn.q_proj`` ...) at test size.
+    Needs transformers (imported here, so the other helpers do not)."""
+    import transformers
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=layers, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config).eval()
