@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import List, Optional
 
 import torch
 
 import compressor
+from compressor.atomic import atomic_write
 from compressor.errors import CompressorError
 from compressor.oneshot import calibrated_pruners, provide_calibration
 from .lm_data import (calibration_batches, finetune, load_causal_lm, perplexity, text_windows)
@@ -77,9 +80,9 @@ def run(args) -> int:
               "calibration_windows": len(data.calibration)}
     result["ppl_dense"] = perplexity(model, data.evaluation)
     say(f"perplexity dense: {result['ppl_dense']:.2f}")
-    scheduler = compressor.CompressionScheduler(model)     # no schedule: fine-tuning only
+    scheduler = (compressor.file_config(model, None, args.compress) if args.compress
+                 else compressor.CompressionScheduler(model))   # no schedule: fine-tuning only
     if args.compress:
-        scheduler = compressor.file_config(model, None, args.compress)
         taken = provide_calibration(scheduler, calibration_batches(data.calibration),
                                     progress=None if args.quiet else _progress)
         for pruner in calibrated_pruners(scheduler):
@@ -109,13 +112,28 @@ def run(args) -> int:
             f"{result['ppl_finetuned']:.2f}" + (f" (zeros {result['sparsity_after_finetune']:.1%})"
                                                 if args.compress else ""))
     if args.save:
-        model.save_pretrained(args.save)
-        tok.save_pretrained(args.save)
+        _save(model, tok, args.save)
         say(f"saved to {args.save}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write(args.json, lambda f: json.dump(result, f, indent=1), binary=False)
     return 0
+
+
+def _save(model, tok, folder: str) -> None:
+    """save_pretrained into a fresh folder beside ``folder``, renamed to it once complete, so an
+    interrupted save leaves no half-written model where the user asked for one."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".compress-lm-", dir=parent)
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if os.path.isdir(folder):
+            os.rmdir(folder)          # empty (checked before the run)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _linear_sparsity(model, scheduler) -> float:

@@ -121,3 +121,21 @@ def test_benchmark_quick_run_on_smollm2():
         sys.path.remove(str(ROOT))
     row = next(line for line in out.splitlines() if line.startswith("| magnitude | 50% |"))
     assert float(row.split("|")[3]) > float(out.split("dense perplexity ")[1].split()[0])
+
+
+def test_an_interrupted_save_leaves_no_half_written_model(lm_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+
+    def fail(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(transformers.PreTrainedTokenizerFast, "save_pretrained", fail)
+    with pytest.raises(KeyboardInterrupt):
+        run(lm_dir, "--save", str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []       # no out/, no temporary folder
+
+
+def test_save_into_an_existing_empty_folder(lm_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run(lm_dir, "--save", str(out)) == 0
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
