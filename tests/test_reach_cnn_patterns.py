@@ -274,6 +274,41 @@ def test_fixed_group_size_and_fixed_split_are_refused_with_the_op():
     assert "Tensor.split" in blocked["a"] and "fixed sizes [3, 5]" in blocked["a"]
 
 
+# ---- MaxViT's grid partition: torch.swapaxes / swapdims away from the channels -------------------
+
+class PartitionSwap(nn.Module):
+    """MaxViT's window/grid partition in miniature: (B, C, H, W) -> (B, G, P, C) tokens, the
+    partition axes swapped with ``torch.swapaxes`` (and back with ``Tensor.swapdims``), a linear
+    layer over the channels, then back to (B, C, H, W) and a residual add."""
+
+    def __init__(self, c=8, p=2):
+        super().__init__()
+        self.p = p
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c))
+        self.mlp = nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 5))
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        p = self.p
+        t = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+        t = t.reshape(b, (h // p) * (w // p), p * p, c)
+        t = torch.swapaxes(t, -2, -3)
+        t = t + self.mlp(t)
+        t = t.swapdims(-2, -3)
+        t = t.reshape(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+        return self.head(t + x)
+
+
+def test_swapaxes_and_swapdims_move_the_channel_dim():
+    torch.manual_seed(0)
+    model = PartitionSwap()
+    assert list(analyze(model, (3, 4, 4)).blocked) == ["head.2"]
+    result = thin_and_compare(model, (3, 4, 4), frac=0.4, seed=3)
+    assert {"stem.0", "mlp.0", "mlp.2"} <= set(result.removed)
+
+
 # ---- parameters read directly: ConvNeXt's layer scale, ViT's class token and position embedding --
 
 class Permute(nn.Module):

@@ -267,9 +267,9 @@ def move(an: "Analyzer", node, info, in_shape, out_shape, what) -> Optional[Chan
         perm = node.kwargs.get("dims", perm)
         perm = [p % rank for p in perm]
         return info.with_(cdim=perm.index(c))
-    if name == "transpose":
-        d0 = args[0] if args else node.kwargs.get("dim0")
-        d1 = args[1] if len(args) > 1 else node.kwargs.get("dim1")
+    if name in ("transpose", "swapaxes", "swapdims"):
+        d0 = args[0] if args else node.kwargs.get("dim0", node.kwargs.get("axis0"))
+        d1 = args[1] if len(args) > 1 else node.kwargs.get("dim1", node.kwargs.get("axis1"))
         d0, d1 = d0 % rank, d1 % rank
         return info.with_(cdim=d1 if c == d0 else d0 if c == d1 else c)
     if name == "unsqueeze":
@@ -466,7 +466,8 @@ FUNCTION_RULES: Dict[Any, FunctionRule] = {
     **{t: softmax_function for t in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)},
     **{t: cat_rule for t in CAT},
     torch.flatten: _RESHAPE, torch.reshape: _RESHAPE,
-    **{t: _MOVE for t in (torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze)},
+    **{t: _MOVE for t in (torch.permute, torch.transpose, torch.swapaxes, torch.swapdims,
+                          torch.unsqueeze, torch.squeeze)},
     **{t: _REDUCE_RULE for t in REDUCE},
     torch.chunk: split, torch.split: split,
     F.layer_norm: layer_norm,
@@ -496,7 +497,7 @@ METHOD_RULES: Dict[str, FunctionRule] = {
     "softmax": softmax_function, "log_softmax": softmax_function,
     "cat": cat_rule,
     **{m: _RESHAPE for m in ("flatten", "view", "reshape")},
-    **{m: _MOVE for m in ("permute", "transpose", "unsqueeze", "squeeze")},
+    **{m: _MOVE for m in ("permute", "transpose", "swapaxes", "swapdims", "unsqueeze", "squeeze")},
     **{m: _REDUCE_RULE for m in M_REDUCE},
     "chunk": split, "split": split,
 }
