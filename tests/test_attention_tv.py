@@ -281,6 +281,33 @@ def test_window_attention_heads_thinned_exactly(build, tmp_path):
         assert_same_function(dense(x), model(x))
 
 
+def test_swin_v2_position_bias_mlp_neurons_thinned_exactly(tmp_path):
+    """Swin-V2's cpb_mlp hidden neurons: zeroed by their first-layer row and bias in one block,
+    by their second-layer column in the other; both go, exactly, and a dense model reloads it."""
+    from compressor.checkpoint import load_checkpoint, save_checkpoint
+    model, x = _swin(True)
+    cpbs = [m.cpb_mlp for m in model.modules() if hasattr(m, "cpb_mlp")]
+    n = cpbs[0][0].out_features
+    gone = torch.randperm(n, generator=torch.Generator().manual_seed(3))[: n // 3]
+    with torch.no_grad():
+        cpbs[0][0].weight[gone] = 0
+        cpbs[0][0].bias[gone] = 0
+        cpbs[1][2].weight[:, gone] = 0
+        ref = model(x)
+    assert "cpb_mlp.0" in " ".join(analyze(model, x).thinnable)
+    contract_model(model, x)
+    assert cpbs[0][0].out_features == cpbs[0][2].in_features == n - len(gone)
+    assert cpbs[1][0].out_features == cpbs[1][2].in_features == n - len(gone)
+    assert cpbs[2][0].out_features == n                      # nothing zeroed there: kept
+    with torch.no_grad():
+        assert_same_function(model(x), ref)
+    path = save_checkpoint(str(tmp_path / "m.pth.tar"), model)
+    dense, _ = _swin(True)
+    dense, _, _, _ = load_checkpoint(dense, path)
+    with torch.no_grad():
+        assert_same_function(dense(x), ref)
+
+
 @pytest.mark.parametrize("v2", [False, True])
 def test_window_attention_is_torchvisions_before_thinning(v2):
     """The thin forward (head size from head_dim) equals torchvision's on the dense module:

@@ -37,7 +37,8 @@ torchvision's window attention (Swin V1/V2 ``ShiftedWindowAttention``, MaxViT's
 with a module rule (``windowed_attention``, by qualified name in ``module_rules``): each head is a
 class spanning its q/k/v rows of ``qkv``/``to_qkv``, its columns of ``proj``/``merge``, its column
 of the relative position bias table (V1, MaxViT), its ``logit_scale`` entry and its row of the
-``cpb_mlp`` output layer (V2); ``num_heads``/``n_heads`` follow. Their forwards take the head size
+``cpb_mlp`` output layer (V2); ``num_heads``/``n_heads`` follow. V2's ``cpb_mlp`` hidden neurons
+are classes too (``cpb_hidden``). Their forwards take the head size
 from the input width (Swin: ``C // num_heads``; MaxViT reshapes back to the input width), so
 thinning changes their class in place to the ``compressor.thinning.mha`` subclass that does not.
 """
@@ -335,4 +336,23 @@ def windowed_attention(an, node, mod, info, in_shape, out_shape):
                                     f"{name}.{r}.bias" if lin.bias is not None else None, 0,
                                     list(units), "dense", attr="out_features"))
     g.widths.append(WidthAttr(name, wh.count, list(units)))
+    cpb_hidden(g, name, mod)
     return ChannelInfo(out_ids, last)
+
+
+def cpb_hidden(g: ChannelGraph, name: str, mod: nn.Module) -> None:
+    """Swin-V2's continuous position bias MLP, ``cpb_mlp = Linear(2, n) → ReLU → Linear(n,
+    heads)``, run on a buffer inside the attention leaf: each of its ``n`` hidden neurons is a
+    class of its own (the first layer's row and bias entry, the second's column). ReLU keeps a
+    zero neuron zero, so removing it by its row (bias zero) or by its column is exact."""
+    cpb = getattr(mod, "cpb_mlp", None)
+    if not isinstance(cpb, nn.Sequential) or len(cpb) != 3 or not _linear(cpb[0]) or \
+            not isinstance(cpb[1], nn.ReLU) or not _linear(cpb[2]) or \
+            cpb[0].out_features != cpb[2].in_features:
+        return
+    first, second = f"{name}.cpb_mlp.0", f"{name}.cpb_mlp.2"
+    hidden = g.uf.new(cpb[0].out_features)
+    g.producers.append(Producer(first, f"{first}.weight", f"{first}.bias" if cpb[0].bias is not
+                                None else None, 0, list(hidden), "dense", attr="out_features"))
+    g.consumers.append(Consumer(second, f"{second}.weight", 1, list(hidden), "dense",
+                                attr="in_features"))
