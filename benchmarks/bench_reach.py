@@ -10,6 +10,8 @@ MaxViT, whose position embeddings or windows fix the size):
 * **compressor**, as a user would: the dry run (``compressor.thinning.analyze``) lists the
   thinnable layers; one schedule with two ``L1RankedStructureParameterPruner``s at 30% (``Filters``
   on the convolutions, ``Cols``, the output neurons, on the linear layers), automatic coupling,
+  ``rounding_fn: ceil`` (ceil(0.3 N) pruned per layer or group: the count Torch-Pruning prunes,
+  as it keeps ``int(0.7 N)``; ``--rounding-fn floor`` for the library's default),
   preceded, in models with attention modules (ViT, Swin, MaxViT), by an ``AttentionHeadPruner``
   at 30% of each attention layer's heads, is built with ``compressor.dict_config`` and applied (``on_epoch_begin(0)``); then
   ``compressor.thinning.contract_model``. All of it on a float64 copy of the model, so that
@@ -254,8 +256,8 @@ def has_attention(model: nn.Module) -> bool:
     return any("Attention" in type(m).__name__ for m in model.modules())
 
 
-def schedule(convs: Sequence[str], linears: Sequence[str], sample_shape: Sequence[int],
-             rounding_fn: str = "floor", heads: bool = False) -> dict:
+def schedule(convs: Sequence[str], linears: Sequence[str], sample_shape: Optional[Sequence[int]],
+             rounding_fn: str = "ceil", heads: bool = False) -> dict:
     """The schedule a user writes: 30% of the filters of the convolutions and of the output
     neurons (``Cols``) of the linear layers, by L1, with automatic coupling (``rounding_fn``:
     the count rule's rounding; ``ceil`` prunes at least 30%, as Torch-Pruning's kept count
@@ -272,13 +274,15 @@ def schedule(convs: Sequence[str], linears: Sequence[str], sample_shape: Sequenc
                             "desired_sparsity": FRACTION, "rounding_fn": rounding_fn,
                             "weights": [f"{n}.weight" for n in layers]}
             policies.append({"pruner": {"instance_name": key}, "epochs": [0]})
-    return {"version": 1, "input_shape": list(sample_shape), "pruners": pruners,
-            "policies": policies}
+    sched = {"version": 1, "pruners": pruners, "policies": policies}
+    if sample_shape is not None:      # token ids: the example input is passed instead
+        sched["input_shape"] = list(sample_shape)
+    return sched
 
 
 def measure_ours(model: nn.Module, example: torch.Tensor, *, latency_budget: float = 3.0,
                  max_forward: float = 2.0, stage: Callable[[str], None] = lambda s: None,
-                 rounding_fn: str = "floor") -> Dict[str, Any]:
+                 rounding_fn: str = "ceil") -> Dict[str, Any]:
     """One row of compressor's columns for ``model`` (float32, eval) on ``example`` (batch 1).
 
     Never raises: an error in compressor gives ``ours = "FAIL (<stage>): <first line>"``."""
@@ -301,7 +305,7 @@ def measure_ours(model: nn.Module, example: torch.Tensor, *, latency_budget: flo
         stage(where := "float64 copy")
         work = copy.deepcopy(model).double()
         x64 = example.double() if example.is_floating_point() else example
-        sample_shape = tuple(example.shape[1:])
+        sample_shape = tuple(example.shape[1:]) if example.is_floating_point() else None
         kinds = dict(model.named_modules())
 
         stage(where := "analyze")
@@ -417,7 +421,7 @@ def measure_tp(model: nn.Module, example: torch.Tensor, *, latency_budget: float
 
 # ----------------------------------------------------------------------------- child processes
 def child(name: str, tool: str, latency_budget: float, max_forward: float,
-          tp_timeout: float = 0.0, rounding_fn: str = "floor") -> None:
+          tp_timeout: float = 0.0, rounding_fn: str = "ceil") -> None:
     """``--one NAME --tool T``: measure one model, print ``RESULT {json}`` (stages before it).
 
     For Torch-Pruning, ``tp_timeout`` seconds are allowed from building its pruner to the checked
@@ -634,10 +638,12 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds of timing per batch size (sets the rounds N, 3..15)")
     p.add_argument("--max-forward", type=float, default=2.0,
                    help="skip a batch size's latency when one dense pass takes longer (seconds)")
-    p.add_argument("--rounding-fn", choices=["floor", "ceil", "round"], default="floor",
-                   help="compressor's count rule rounding (default floor: at most 30%% pruned, "
-                        "Distiller's rule; ceil: at least 30%%, like Torch-Pruning's kept count "
-                        "int(0.7 N), which matters for the small groups of grouped convolutions)")
+    p.add_argument("--rounding-fn", choices=["floor", "ceil", "round"], default="ceil",
+                   help="compressor's count rule rounding (default ceil: ceil(0.3 N) pruned per "
+                        "layer or group, the count Torch-Pruning prunes (it keeps int(0.7 N)), so "
+                        "both tools prune the same numbers; floor, the library's and Distiller's "
+                        "default, prunes at most 30%%, which matters for the small groups of "
+                        "grouped convolutions)")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)
     p.add_argument("--tool", choices=["ours", "tp"], default="ours", help=argparse.SUPPRESS)
     return p

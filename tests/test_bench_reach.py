@@ -163,10 +163,18 @@ def test_rounding_fn_ceil_prunes_at_least_the_fraction():
     """``--rounding-fn ceil``: 30% of 8 filters prunes 3 (floor: 2), Torch-Pruning's count."""
     assert br.schedule(["a"], [], (3, 8, 8), "ceil")["pruners"]["filters"]["rounding_fn"] == "ceil"
     model, x = tiny()
-    floor = br.measure_ours(model, x, latency_budget=0.01, max_forward=5.0)
-    ceil = br.measure_ours(model, x, latency_budget=0.01, max_forward=5.0, rounding_fn="ceil")
+    floor = br.measure_ours(model, x, latency_budget=0.01, max_forward=5.0, rounding_fn="floor")
+    ceil = br.measure_ours(model, x, latency_budget=0.01, max_forward=5.0)
     assert ceil["ours"] == "PASS" and ceil["params_ratio"] < floor["params_ratio"]
-    assert br.parser().parse_args(["--rounding-fn", "ceil"]).rounding_fn == "ceil"
+    assert br.parser().parse_args([]).rounding_fn == "ceil"        # Torch-Pruning's count
+    assert br.parser().parse_args(["--rounding-fn", "floor"]).rounding_fn == "floor"
+
+
+def test_token_id_models_get_no_input_shape_in_their_schedule():
+    """A model fed token ids (the transformer rows) is given its example input, not a float
+    ``input_shape`` the scheduler would fill with random floats."""
+    assert "input_shape" not in br.schedule([], ["fc"], None)
+    assert br.schedule([], ["fc"], (3, 8, 8))["input_shape"] == [3, 8, 8]
 
 
 def test_zero_initialised_weight_matrices_are_filled_so_exact_is_not_vacuous():
@@ -188,3 +196,14 @@ def test_models_with_attention_get_a_head_pruner_first():
     assert with_heads["pruners"]["heads"] == {"class": "AttentionHeadPruner", "desired_sparsity": 0.3}
     assert with_heads["policies"][0] == {"pruner": {"instance_name": "heads"}, "epochs": [0]}
     assert "heads" not in schedule([], ["fc"], (4,))["pruners"]
+
+
+def test_transformer_rows_thin_heads_and_mlp_neurons_exactly():
+    """The Llama row: token ids in, heads and MLP neurons out, thinned ≡ masked (float64)."""
+    pytest.importorskip("transformers")
+    model, ids = br.transformer_models()["hf_llama_tiny"]()
+    row = br.measure_ours(model, ids, latency_budget=0.01, max_forward=5.0)
+    assert row["ours"] == "PASS", row["ours"]
+    # q, k, v, gate and up of both layers; o_proj and down_proj write the kept residual stream
+    assert (row["layers_thinned"], row["layers_total"]) == (10, 14)
+    assert row["params_ratio"] < 0.9
