@@ -111,7 +111,7 @@ def is_distiller_recipe(recipe: Any) -> bool:
     return isinstance(recipe, Mapping) and recipe.get("format") == "distiller"
 
 
-def _norm(model: nn.Module, name: str, known: Mapping[str, Any]) -> str:
+def _norm(name: str, known: Mapping[str, Any]) -> str:
     """Drop DataParallel's ``module.`` prefix when the model has no such name."""
     if name in known or not name.startswith("module."):
         return name
@@ -169,13 +169,13 @@ def to_recipes(model: nn.Module, recipes: List[Mapping], path: str) -> Iterator[
                 if a in RUNNING_STATS:
                     entries.append((f"{m}.{a}", [v]))
                 elif type(v) is int:
-                    name = _norm(model, m, dict(model.named_modules()))
+                    name = _norm(m, dict(model.named_modules()))
                     out_modules.setdefault(name, ModuleChange()).attrs[a] = v
                 else:
                     raise CheckpointError(f"{where}: module attribute {m}.{a} = {v!r} is not an "
                                           f"integer (only sizes such as out_channels can be set)")
         for raw, directives in entries:
-            name = _norm(model, raw, tensors)
+            name = _norm(raw, tensors)
             if name not in tensors:
                 raise CheckpointError(f"{where} names '{raw}', which the model does not have")
             before = shapes.get(name, list(tensors[name].shape))

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
-from .errors import ComponentArgError, ScheduleError, listing, suggest
+from .errors import ComponentArgError, ScheduleError, listing, short, suggest
 from .lr_schedulers import check_args as check_lr_args, steps_allowed
 from .policy_options import DEFAULT_OPTIONS, OPTION_TYPES, PolicyOptions, check_option
 from .registry import SECTIONS
@@ -53,12 +53,6 @@ MAX_DEPTH = 100
 MAX_NODES = 100_000
 MAX_EPOCH = 100_000
 MAX_MESSAGE = 300
-
-
-def short(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for quoting a user's value in a message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def bounded(message: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 
 class CompressorError(Exception):
@@ -92,6 +92,12 @@ def suggest(name: str, valid: Iterable[str], n: int = 2) -> str:
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for quoting a user's value in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def listing(valid: Iterable[str], limit: int = 12) -> str:

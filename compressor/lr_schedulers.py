@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 import torch
 from torch.optim import lr_scheduler as torch_lr
 
-from .errors import ComponentArgError
+from .errors import ComponentArgError, short
 from .registry import LR_SCHEDULERS
 
 # Not nameable from YAML: base classes, ours-instead-of-torch's PolynomialLR, and schedulers whose
@@ -128,11 +128,6 @@ ARG_RULES: Dict[str, Dict[str, Tuple[str, float, bool]]] = {
 _NUMBER_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _check_value(key: str, value: Any, kind: str, low: float, strict: bool) -> None:
     if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
         text = value.strip().lower()
@@ -146,10 +141,10 @@ def _check_value(key: str, value: Any, kind: str, low: float, strict: bool) -> N
                                      f"exponent without a dot as text): write {fixed}")
     if kind == _INT:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ComponentArgError(key, f"must be an integer >= {int(low)}; got {_short(value)}")
+            raise ComponentArgError(key, f"must be an integer >= {int(low)}; got {short(value, 40)}")
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ComponentArgError(key, f"must be a number; got {_short(value)}")
+        raise ComponentArgError(key, f"must be a number; got {short(value, 40)}")
     if not math.isfinite(value):
         raise ComponentArgError(key, f"must be a finite number; got {value}")
     if value < low or (strict and value == low):
@@ -166,7 +161,7 @@ def check_args(class_name: str, args: Mapping[str, Any]) -> None:
         kind, low, strict = rules[key]
         if kind in ("ints", "nums"):
             if not isinstance(value, (list, tuple)):
-                raise ComponentArgError(key, f"must be a list of numbers; got {_short(value)}")
+                raise ComponentArgError(key, f"must be a list of numbers; got {short(value, 40)}")
             for i, item in enumerate(value):
                 _check_value(f"{key}[{i}]", item, kind[:-1], low, strict)
         elif key in ("max_lr", "base_lr", "min_lr") and isinstance(value, (list, tuple)):

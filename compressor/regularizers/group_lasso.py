@@ -38,8 +38,9 @@ def regularizer_group_parts(group_type: str) -> Tuple[str, ...]:
     return tuple(REGULARIZER_2D_GROUP_TYPES.get(p, p) for p in split_group_type(group_type))
 
 
-# Distiller's threshold criteria names -> the groups.py statistic they use.
-THRESHOLD_CRITERIA: Dict[str, str] = {"Max": "max", "Mean_Abs": "mean_abs"}
+# The threshold criteria Distiller's regularizers accept (a subset of the pruners' table,
+# ``compressor.thresholding.THRESHOLD_CRITERIA``) -> the groups.py statistic they use.
+REGULARIZER_THRESHOLD_CRITERIA: Dict[str, str] = {"Max": "max", "Mean_Abs": "mean_abs"}
 
 _STRENGTH_HINT = "a number >= 0, e.g. 0.0001"
 
@@ -134,7 +135,7 @@ def parse_group_regime(value, key: str, allowed: Iterable[str], default_type: Op
     return Regime(strength, group_type, block_shape)
 
 
-def parse_threshold_criteria(value, valid: Iterable[str] = tuple(THRESHOLD_CRITERIA)) -> Optional[str]:
+def parse_threshold_criteria(value, valid: Iterable[str] = tuple(REGULARIZER_THRESHOLD_CRITERIA)) -> Optional[str]:
     """None, or the canonical spelling of a known criterion (matched case-insensitively)."""
     if value is None:
         return None
@@ -227,7 +228,7 @@ class GroupLassoRegularizer(Regularizer):
     def threshold_masks(self, params: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         if self.threshold_criteria is None:
             return {}
-        stat = THRESHOLD_CRITERIA[self.threshold_criteria]
+        stat = REGULARIZER_THRESHOLD_CRITERIA[self.threshold_criteria]
         return {p: threshold_group_mask(require_param(params, p, type(self).__name__),
                                         regularizer_group_parts(r.group_type)[0],
                                         r.strength, stat, block_shape=r.block_shape)
