@@ -117,7 +117,8 @@ def export_at_end(config: DeployConfig, model: nn.Module, loader, dataset: str,
               "batch_norms_left": dict(result.fold.skipped),
               "latency_ms": latency, "latency_mode": "compiled" if config.int8 else "eager",
               "threads": torch.get_num_threads(),
-              "loads_with": "torch + torchao" if config.int8 else "torch"}
+              "loads_with": ("torch + import torch.ao.quantization.fx._decomposed" if config.int8
+                             else "torch")}
     log.info("Deployable model (%s) saved to %s: %s bytes, %s parameters, %s MACs per sample; "
              "%d batch norms folded, %d left", "int8" if config.int8 else "float", result.path,
              f"{result.size_bytes:,}", f"{result.params:,}", f"{result.macs:,}",

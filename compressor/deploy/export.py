@@ -8,9 +8,10 @@ post-training quantization with torchao's PT2E flow (``prepare_pt2e`` / ``conver
 per-tensor activations, observers fed the calibration batches); then ``torch.export.export``
 with a dynamic batch dimension and ``torch.export.save``.
 
-Loading needs only torch for a float program; an int8 program holds torchao's
-``quantized_decomposed`` ops, so ``import torchao`` must come before ``torch.export.load``
-(``load_program`` does that).  The int8 graph is a reference (quantize / dequantize around float
+Loading needs only torch: a float program as it is; an int8 program holds
+``quantized_decomposed`` ops, registered by ``import torch.ao.quantization.fx._decomposed`` (a
+torch module; torchao registers them too), which must come before ``torch.export.load``
+(``load_program`` imports torchao's PT2E module, which does).  The int8 graph is a reference (quantize / dequantize around float
 ops): it is fast only after ``torch.compile(m, dynamic=False)`` with
 ``torch._inductor.config.freezing = True``,
 which fuses it into int8 oneDNN kernels; eager it is slower than float.  See docs/deploy.md.
