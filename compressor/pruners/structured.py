@@ -394,6 +394,8 @@ class RankedStructurePruner(Pruner):
         """Keep vector (bool, one per structure) for the unit, or None to leave it unchanged."""
         cells = unit.cells if unit.cells is not None and len(unit.cells) == n else None
         copies = _uneven_copies(unit, n)
+        if copies is not None and not unit.parts:
+            return self._select_per_member(unit, params, ctx, fraction, n, copies)
         if copies is not None:
             return self._select_weighted(unit, params, ctx, fraction, n, copies, cells)
         if cells is not None:
@@ -427,6 +429,45 @@ class RankedStructurePruner(Pruner):
             order = torch.sort(scores[members], stable=True).indices
             keep[members[order[:k]]] = False
         return keep
+
+    def _select_per_member(self, unit: Unit, params, ctx: PruneContext, fraction: float, n: int,
+                           copies: Dict[str, List[int]]) -> Optional[torch.Tensor]:
+        """A unit coupled in part whose structures cover different numbers of filters, with no
+        tensor cut into equal parts (ShuffleNet's stream once its shuffles are permutations: a
+        class is one filter of the layer that made the channel, plus the filter of the next
+        stage's depthwise convolution that reads it). Every member loses the count rule's share
+        of its own filters, as an uncoupled layer would: structures go by their mean score per
+        filter, lowest first, each taken while every member it covers has share left
+        (``round_to`` applies to each member's count). A depthwise-shaped member (one input
+        channel per filter) whose structures all are other members' too has no share of its
+        own: it loses what they lose."""
+        scores = self.unit_scores(unit, params, ctx, n)
+        if scores is None:
+            return None
+        width = [sum(c[i] for c in copies.values()) for i in range(n)]
+        mean = scores.double() / torch.tensor(width, dtype=torch.float64).clamp(min=1)
+        quota = {m: round_kept(structures_to_prune(fraction, len(unit.index[m]), self.group_size,
+                                                   self.rounding_fn), len(unit.index[m]),
+                               self.round_to) for m in copies}
+        for m, per in copies.items():
+            shape = params[m].shape
+            if len(shape) > 2 and shape[1] == 1 and all(
+                    any(o != m and o in quota and copies[o][i] for o in copies)
+                    for i, c in enumerate(per) if c):
+                del quota[m]
+        keep = torch.ones(n, dtype=torch.bool)
+        for i in torch.sort(mean, stable=True).indices.tolist():
+            if not width[i] or float(mean[i]) == math.inf:
+                continue
+            owners = [m for m in quota if copies[m][i]]
+            if owners and all(quota[m] >= copies[m][i] for m in owners):
+                for m in owners:
+                    quota[m] -= copies[m][i]
+                keep[i] = False
+        for m, per in copies.items():     # every member keeps a filter
+            if all(not keep[i] for i, c in enumerate(per) if c):
+                return None
+        return keep if not keep.all() else None
 
     def _select_weighted(self, unit: Unit, params, ctx: PruneContext, fraction: float, n: int,
                          copies: Dict[str, List[int]], cells: Optional[List[int]]
