@@ -122,7 +122,7 @@ def test_the_recipe_in_a_checkpoint_is_plain_data(tmp_path):
 MALFORMED = [
     ([], r"not a thinning recipe \(expected a dict with 'tensors' and 'modules'\); got list"),
     ({"tensors": {}}, r"not a thinning recipe"),
-    ({"version": 3, "tensors": {}, "modules": {}}, r"recipe version 3 is not one this library knows"),
+    ({"version": 4, "tensors": {}, "modules": {}}, r"recipe version 4 is not one this library knows"),
     ({"version": True, "tensors": {}, "modules": {}}, r"recipe version True"),
     ({"tensors": {}, "modules": {}, "evil": 1}, r"unknown recipe entries evil; valid: version"),
     ({"kind": 5, "tensors": {}, "modules": {}}, r"'kind' must be a thinning function name"),

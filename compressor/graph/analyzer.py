@@ -42,6 +42,7 @@ from .nodes import node_shape, nodes_in, qualified_name, target_name, where
 from .optables import SHAPE_QUERIES
 from .records import ChannelGraph, ChannelInfo, ChannelTuple, ParamSlice, Producer
 from .shapes import ExampleInput, propagate_shapes
+from .shuffle import ChannelGrid, finish_units, grid_op
 from .trace import TraceError, trace
 
 
@@ -179,6 +180,7 @@ class Analyzer:
 
     def finish(self) -> None:
         g = self.g
+        finish_units(self)
         for layer_list in (g.producers, g.consumers, g.followers):
             for rec in layer_list:
                 reason = self.direct.get(rec.module) or self.shared.get(rec.module)
@@ -203,8 +205,10 @@ class Analyzer:
             return rule(self, node, mod, info, in_shape, out_shape)
         if len(node.args) != 1 or node.kwargs:
             return self.fallback(node, f"{type(mod).__name__} '{name}' with several inputs")
-        if isinstance(info, ChannelTuple):
-            return self.fallback(node, f"{type(mod).__name__} '{name}' on a tuple of tensors")
+        if isinstance(info, (ChannelTuple, ChannelGrid)):
+            return self.fallback(node, f"{type(mod).__name__} '{name}' on a tuple of tensors"
+                                 if isinstance(info, ChannelTuple) else
+                                 f"{type(mod).__name__} '{name}' on a split channel dimension")
         if rule is None:
             return self.fallback(node, f"{type(mod).__name__} '{name}'")
         return rule(self, node, mod, info, in_shape, out_shape)
@@ -236,6 +240,9 @@ class Analyzer:
         is_method = node.op == "call_method"
         if t is getattr or (is_method and t in SHAPE_QUERIES):
             return None
+        grid = next((self.env[a] for a in tracked if isinstance(self.env[a], ChannelGrid)), None)
+        if grid is not None:   # inside a channel shuffle of a shuffle unit (graph.shuffle)
+            return grid_op(self, node, grid, target_name(t))
         rule = METHOD_RULES.get(t) if is_method else (
             FUNCTION_RULES.get(t) or NAMED_FUNCTION_RULES.get(qualified_name(t)))
         if rule is None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from .nodes import module_path
 from .records import ChannelInfo, WidthAttr
+from .shuffle import unit_of, unit_split_view
 
 if TYPE_CHECKING:
     from .analyzer import Analyzer
@@ -75,6 +76,9 @@ def reshape(an: "Analyzer", node, info, in_shape, out_shape, what) -> Optional[C
     if new is None:
         j = split_cdim(in_shape, out_shape, c)
         if j is not None:
+            unit = unit_of(an, node)
+            if unit is not None:   # a shuffle unit's channel shuffle: followed as a permutation
+                return unit_split_view(an, node, info, out_shape, j, unit)
             return split_channels(an, node, info, out_shape, sizes, j, what)
         return an.mixing(node, info, f"{what} to {list(out_shape)} mixes the channel "
                                        f"dimension with others")

@@ -23,6 +23,7 @@ from .nodes import module_path, node_shape, qualified_name, target_name, where
 from .optables import (ARITH, CAT, F_DIRTY, F_POOL, F_ZERO, LN_CHANNEL_DIM, M_ARITH, M_DIRTY,
                        M_REDUCE, M_ZERO, NAMED_ZERO, REDUCE)
 from .records import Balanced, ChannelInfo, ChannelTuple
+from .shuffle import permute_rule, split_at_rule, unit_chunk, unit_of
 
 if TYPE_CHECKING:
     from .analyzer import Analyzer
@@ -423,6 +424,9 @@ def split(an: "Analyzer", node, c: Call) -> Optional[ChannelTuple]:
     if not (is_chunk and isinstance(first, int) and len(sizes) == first and len(set(sizes)) == 1):
         return an.mixing(node, info, f"{what} cuts the channel dimension at the fixed sizes "
                                        f"{sizes} (torch.chunk into equal parts follows thinning)")
+    unit = unit_of(an, node) if len(sizes) == 2 and info.cdim == 1 else None
+    if unit is not None:   # a shuffle unit splits at the sizes it keeps (graph.shuffle)
+        return unit_chunk(an, node, info, sizes, unit, what)
     an.g.balanced.append(Balanced(what, list(info.ids), len(sizes)))
     parts, start = [], 0
     for n in sizes:
@@ -487,6 +491,8 @@ def patch_merging(an: "Analyzer", node, c: Call) -> Optional[ChannelInfo]:
 NAMED_FUNCTION_RULES: Dict[str, FunctionRule] = {
     **{n: keeps_zero for n in NAMED_ZERO},
     "torchvision.models.swin_transformer._patch_merging_pad": patch_merging,
+    "compressor.graph.shuffle.split_at": split_at_rule,
+    "compressor.graph.shuffle.permute_channels": permute_rule,
 }
 
 METHOD_RULES: Dict[str, FunctionRule] = {

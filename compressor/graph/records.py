@@ -102,6 +102,19 @@ class WidthAttr:
     ids: List[int]
 
 
+@dataclass
+class UnitShuffle:
+    """A shuffle unit (``graph.shuffle``): its input cut into ``parts`` (the element lists of each
+    part; None for a unit that does not split), and the list ``ids`` it permutes, output channel
+    ``p`` being ``ids[perm[p]]``. ``bad``: why the unit cannot be made thin (its channels are
+    blocked then)."""
+    module: str
+    parts: Optional[List[List[int]]] = None
+    ids: Optional[List[int]] = None
+    perm: Optional[List[int]] = None
+    bad: Optional[str] = None
+
+
 class UnionFind:
     """Union-find over channel elements; the smaller element is the root, so results are stable."""
 
@@ -187,6 +200,7 @@ class ChannelGraph:
     # dirty reasons that are a parameter's entries added to a channel (``pos_embedding``): the
     # structured pruners mask those entries with the filters, so the dry run lists such layers
     param_dirt: set = field(default_factory=set)
+    shuffles: Dict[str, UnitShuffle] = field(default_factory=dict)   # shuffle units, by module
 
     def link_and_block(self, open_links: Iterable[str] = ()) -> None:
         """Join every follower link except those of ``open_links`` (modules), then map the
@@ -209,7 +223,8 @@ class ChannelGraph:
         g = ChannelGraph(self.model_name, self.input_shape, self.producers, self.consumers,
                          self.followers, base=self.base, blocks=self.blocks,
                          balanced=self.balanced, params=self.params, widths=self.widths,
-                         norms=self.norms, norm_elems=self.norm_elems, param_dirt=self.param_dirt)
+                         norms=self.norms, norm_elems=self.norm_elems, param_dirt=self.param_dirt,
+                         shuffles=self.shuffles)
         g.uf.parent = list(self.base)
         g.link_and_block(modules)
         return g

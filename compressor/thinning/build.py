@@ -17,8 +17,8 @@ from torch import nn
 from ..errors import ThinningError
 from .bn_plan import bn_shift, named_tensors
 from ..graph import ChannelGraph, Follower
-from .recipe import (RECIPE_VERSION, SELECTION_RECIPE_VERSION, ModuleChange, Recipe, Selection,
-                     SliceOp, TensorChange)
+from .recipe import (RECIPE_VERSION, SELECTION_RECIPE_VERSION, SHUFFLE_RECIPE_VERSION,
+                     ModuleChange, Recipe, Selection, ShuffleChange, SliceOp, TensorChange)
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -146,10 +146,31 @@ def build_recipe(plan: "Plan", model: nn.Module) -> ThinningResult:
                         and find(x) not in plan.ignored and float(shift[i]) != 0.0)
                 if n:
                     result.nonzero_bias_layers[f.module] = result.nonzero_bias_layers.get(f.module, 0) + n
+    shuffles = _shuffles(graph, removed)
     result.nonzero_bias_removed = sum(result.nonzero_bias_layers.values())
-    result.typed_recipe = Recipe(plan.kind, modules, entries, selections or None,
-                                 SELECTION_RECIPE_VERSION if selections else RECIPE_VERSION)
+    version = SHUFFLE_RECIPE_VERSION if shuffles else \
+        SELECTION_RECIPE_VERSION if selections else RECIPE_VERSION
+    result.typed_recipe = Recipe(plan.kind, modules, entries, selections or None, version,
+                                 shuffles or None)
     return result
+
+
+def _shuffles(graph: ChannelGraph, removed: Set[int]) -> Dict[str, ShuffleChange]:
+    """Each shuffle unit (``graph.shuffle``) that loses a channel of its split or its shuffle:
+    the sizes of the parts it keeps, and its shuffle as the index of the kept channels."""
+    out: Dict[str, ShuffleChange] = {}
+    for name, rec in graph.shuffles.items():
+        if rec.bad is not None or rec.perm is None:
+            continue
+        parts = None if rec.parts is None else [_kept(graph, p, removed) for p in rec.parts]
+        keep = _kept(graph, rec.ids, removed)
+        if len(keep) == len(rec.ids) and (parts is None or all(
+                len(k) == len(p) for k, p in zip(parts, rec.parts))):
+            continue
+        rank = {q: i for i, q in enumerate(keep)}
+        index = [rank[q] for q in rec.perm if q in rank]
+        out[name] = ShuffleChange(None if parts is None else [len(k) for k in parts], index)
+    return out
 
 
 def _check_balanced(graph: ChannelGraph, removed: Set[int]) -> None:

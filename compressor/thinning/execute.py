@@ -21,6 +21,7 @@ from .mha import make_thin
 from .recipe import Recipe, Selection, SliceOp, as_recipe
 from .record import record_recipe
 from .selection import can_select, set_selection
+from .shuffle import can_shuffle, set_shuffle
 
 
 def _resolve(model: nn.Module, name: str) -> Tuple[nn.Module, str, str]:
@@ -103,6 +104,24 @@ def _check_recipe(model: nn.Module, recipe: Recipe, shapes: Dict[str, List[int]]
                                     f"attribute '{attr}' to set to {value!r}")
     for mname, spec in (recipe.selections or {}).items():
         _check_selection(model, mname, spec, shapes, where)
+    for mname, spec in (recipe.shuffles or {}).items():
+        _check_shuffle(model, mname, spec, where)
+
+
+def _check_shuffle(model: nn.Module, mname: str, spec, where: str) -> None:
+    """A shuffle entry names a shuffle unit; a unit that splits its input gets two sizes."""
+    try:
+        mod = model.get_submodule(mname)
+    except AttributeError:
+        raise ThinningError(f"{where}: the model has no module '{mname}'") from None
+    if not can_shuffle(mod):
+        raise ThinningError(f"{where}: module '{mname}' ({type(mod).__name__}) is not a shuffle "
+                            f"unit (torchvision's ShuffleNet-V2 InvertedResidual is)")
+    splits = getattr(mod, "stride", None) == 1
+    if splits != (spec.split is not None and len(spec.split) == 2):
+        raise ThinningError(f"{where}: the shuffle of '{mname}' must have "
+                            f"{'two split sizes' if splits else 'no split'} (stride "
+                            f"{getattr(mod, 'stride', None)})")
 
 
 def _check_selection(model: nn.Module, mname: str, spec: Selection, shapes: Dict[str, List[int]],
@@ -189,6 +208,8 @@ def _apply_one(model: nn.Module, recipe: Recipe, optimizer, store) -> None:
             setattr(mod, attr, (int(value),) if attr == "normalized_shape" else int(value))
     for mname, spec in (recipe.selections or {}).items():
         set_selection(model.get_submodule(mname), spec.in_channels, spec.index)
+    for mname, spec in (recipe.shuffles or {}).items():   # a ShuffleNet unit (thinning.shuffle)
+        set_shuffle(model.get_submodule(mname), spec.split, spec.index)
 
 
 def _prefixes(name: str) -> List[str]:

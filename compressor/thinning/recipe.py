@@ -17,8 +17,9 @@ from ..errors import ThinningError
 
 RECIPE_VERSION = 1             # tensors and module attributes
 SELECTION_RECIPE_VERSION = 2   # plus "selections"; older readers would ignore them
-KNOWN_VERSIONS = (RECIPE_VERSION, SELECTION_RECIPE_VERSION)
-_KEYS = ("version", "kind", "modules", "tensors", "selections")
+SHUFFLE_RECIPE_VERSION = 3     # plus "shuffles" (thin shuffle units); older readers would too
+KNOWN_VERSIONS = (RECIPE_VERSION, SELECTION_RECIPE_VERSION, SHUFFLE_RECIPE_VERSION)
+_KEYS = ("version", "kind", "modules", "tensors", "selections", "shuffles")
 
 
 class RecipeError(ThinningError):
@@ -66,6 +67,20 @@ class Selection:
 
 
 @dataclass
+class ShuffleChange:
+    """A shuffle unit made thin (``thinning.shuffle``): it splits its input into parts of
+    ``split`` channels (None: a unit that does not split), and its output channel ``p`` is
+    channel ``index[p]`` of its concatenated branches."""
+    split: Optional[List[int]]
+    index: List[int]
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {} if self.split is None else {"split": list(self.split)}
+        out["index"] = list(self.index)
+        return out
+
+
+@dataclass
 class Recipe:
     """One thinning: tensor selections, module attributes, batch-norm channel selections.
 
@@ -77,6 +92,7 @@ class Recipe:
     tensors: Dict[str, TensorChange] = field(default_factory=dict)
     selections: Optional[Dict[str, Selection]] = None
     version: int = RECIPE_VERSION
+    shuffles: Optional[Dict[str, ShuffleChange]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The plain data of this recipe, in the layout and key order checkpoints hold."""
@@ -87,6 +103,8 @@ class Recipe:
         out["tensors"] = {n: t.to_dict() for n, t in self.tensors.items()}
         if self.selections is not None:
             out["selections"] = {m: s.to_dict() for m, s in self.selections.items()}
+        if self.shuffles is not None:
+            out["shuffles"] = {m: s.to_dict() for m, s in self.shuffles.items()}
         return out
 
     @classmethod
@@ -96,7 +114,8 @@ class Recipe:
             return data
         if not isinstance(data, Mapping) or not isinstance(data.get("tensors"), Mapping) or \
                 not isinstance(data.get("modules"), Mapping) or \
-                not isinstance(data.get("selections", {}), Mapping):
+                not isinstance(data.get("selections", {}), Mapping) or \
+                not isinstance(data.get("shuffles", {}), Mapping):
             raise RecipeError(f"{where}: not a thinning recipe (expected a dict with 'tensors' and "
                               f"'modules'); got {type(data).__name__}")
         version = data.get("version", RECIPE_VERSION)
@@ -111,12 +130,15 @@ class Recipe:
         if kind is not None and not isinstance(kind, str):
             raise RecipeError(f"{where}: 'kind' must be a thinning function name, got {kind!r}")
         selections = data.get("selections")
+        shuffles = data.get("shuffles")
         return cls(kind=kind,
                    modules={_name(m, where): _module(m, a, where) for m, a in data["modules"].items()},
                    tensors={_name(n, where): _tensor(n, e, where) for n, e in data["tensors"].items()},
                    selections=None if selections is None else
                    {_name(m, where): _selection(m, s, where) for m, s in selections.items()},
-                   version=version)
+                   version=version,
+                   shuffles=None if shuffles is None else
+                   {_name(m, where): _shuffle(m, s, where) for m, s in shuffles.items()})
 
 
 def as_recipe(recipe: Union[Recipe, Mapping], where: str = "thinning recipe") -> Recipe:
@@ -178,3 +200,14 @@ def _selection(name: str, spec: Any, where: str) -> Selection:
         raise RecipeError(f"{where}: bad channel selection for '{name}' (expected in_channels "
                           f"> 0 and an index list within it)")
     return Selection(n, list(idx))
+
+
+def _shuffle(name: str, spec: Any, where: str) -> ShuffleChange:
+    split = spec.get("split") if isinstance(spec, Mapping) else None
+    idx = spec.get("index") if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping) or any(k not in ("split", "index") for k in spec) or \
+            not _int_list(idx) or sorted(idx) != list(range(len(idx))) or \
+            (split is not None and (not _int_list(split) or sum(split) < 1)):
+        raise RecipeError(f"{where}: bad shuffle for '{name}' (expected 'index', a permutation "
+                          f"of 0..n-1, and optionally 'split', a list of part sizes)")
+    return ShuffleChange(None if split is None else list(split), list(idx))
