@@ -275,7 +275,7 @@ def test_bad_selection_entries_are_refused_before_any_change():
 
     sel = recipe["selections"]["layer1.0.pre_bn"]
     cases = [
-        (broken(version=3), r"recipe version 3"),
+        (broken(version=99), r"recipe version 99"),
         (broken(selections={"layer1.0.conv1": sel}), r"'layer1.0.conv1' \(Conv2d\) cannot select"),
         (broken(selections={"layer1.0.pre_bn": {**sel, "index": sel["index"] + [99]}}),
          r"bad channel selection for 'layer1.0.pre_bn'"),
