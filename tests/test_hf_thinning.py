@@ -15,7 +15,8 @@ from helpers.exact import assert_same_function  # noqa: E402
 from compressor.errors import ThinningError  # noqa: E402
 from compressor.graph import analyze_graph  # noqa: E402
 from compressor.thinning import analyze, contract_model  # noqa: E402
-from compressor.thinning.heads import apply_masks, attention_outputs, class_masks  # noqa: E402
+from compressor.thinning.heads import (apply_masks, attention_outputs, class_masks,  # noqa: E402
+                                       stream_readers)
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -50,7 +51,7 @@ def prune(model, neurons=0.3, heads=0.25):
     """Mask the weakest MLP neurons and heads (L1), as the ranking does; returns the masks."""
     g = analyze_graph(model, IDS)
     att = attention_outputs(model)
-    mlp = {c.module for c in g.consumers if c.module not in att}
+    mlp = {c.module for c in g.consumers if c.module not in att} - stream_readers(g)
     masks = {**class_masks(g, model, neurons, mlp), **class_masks(g, model, heads, att)}
     apply_masks(model, masks)
     return masks
@@ -239,7 +240,8 @@ def test_real_minilm_heads_and_neurons_thinned_like_masked(tmp_path):
     prune_real = analyze_graph(m, ids)
     att = attention_outputs(m)
     apply_masks(m, {**class_masks(prune_real, m, 0.3, {c.module for c in prune_real.consumers
-                                                        if c.module not in att}),
+                                                        if c.module not in att} -
+                                  stream_readers(prune_real)),
                     **class_masks(prune_real, m, 0.25, att)})
     ref = out(m, ids)
     contract_model(m, ids)

@@ -17,6 +17,11 @@ the block's path). Holding every block boundary fixed is what keeps this exact w
 untraced code between blocks: only channels that live and die inside one block (MLP neurons,
 attention heads) can be removed, and the code around a block only ever sees its inputs and
 outputs. A module that ran more than once, or whose parameters are shared, is blocked.
+
+One exception, where it is proved: the residual stream (hidden size) of a Llama-style decoder
+crosses every block; ``graph.stream.join_stream`` joins it into one class per hidden channel after
+checking the decoder layers' traced forwards and, at run time, that each block's input is the
+previous one's output (tied embeddings included). Elsewhere the stream stays kept, with the reason.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from torch import nn
 from ..errors import ThinningError
 from .attention import add_heads, find_heads
 from .records import ChannelGraph, Consumer, Follower, Producer
+from .stream import join_stream
 from .trace import TraceError, trace
 
 #: Methods of a layer that run its feed-forward part and return only its output; traced as a
@@ -148,9 +154,11 @@ class _Merger:
             for el, reason in src.items():
                 dst.setdefault(el + off, why(reason))
 
-    def finish(self, calls: Dict[str, int]) -> ChannelGraph:
+    def finish(self, calls: Dict[str, int], handled: frozenset = frozenset()) -> ChannelGraph:
+        """Block what runs twice or shares parameters (except the modules of ``handled``, whose
+        sharing the stream join handles: tied embeddings), then map blocks to classes."""
         g = self.g
-        shared = _shared_owners(self.model)
+        shared = {m: why for m, why in _shared_owners(self.model).items() if m not in handled}
         for recs in (g.producers, g.consumers, g.followers):
             for r in recs:
                 why = shared.get(r.module)
@@ -242,7 +250,8 @@ def analyze_blocks(model: nn.Module, example_input: Any = None) -> ChannelGraph:
                 visit(f"{path}.{child_name}" if path else child_name, child)
 
     visit("", model)
-    return merger.finish(calls)
+    handled = join_stream(merger, model, example_input)
+    return merger.finish(calls, frozenset(handled))
 
 
 def _whole(path: str, mod: nn.Module, args: tuple, kwargs: dict, merger: _Merger) -> bool:

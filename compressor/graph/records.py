@@ -115,6 +115,18 @@ class UnitShuffle:
     bad: Optional[str] = None
 
 
+@dataclass
+class RMSNormRecord:
+    """An RMS norm over the channels ``ids`` (a decoder's residual stream, ``graph.stream``):
+    when ``k`` of its ``n`` channels go, thinning multiplies ``weight`` by ``sqrt(n/(n-k))`` and
+    the float attribute ``eps`` by ``n/(n-k)`` (``thinning.rms``); its classes may go only by
+    their zero filters, since the norm counts an unread channel in its mean square."""
+    module: str
+    weight: str
+    eps: str
+    ids: List[int]
+
+
 class UnionFind:
     """Union-find over channel elements; the smaller element is the root, so results are stable."""
 
@@ -201,6 +213,7 @@ class ChannelGraph:
     # structured pruners mask those entries with the filters, so the dry run lists such layers
     param_dirt: set = field(default_factory=set)
     shuffles: Dict[str, UnitShuffle] = field(default_factory=dict)   # shuffle units, by module
+    rms_norms: List[RMSNormRecord] = field(default_factory=list)   # (graph.stream)
 
     def link_and_block(self, open_links: Iterable[str] = ()) -> None:
         """Join every follower link except those of ``open_links`` (modules), then map the
@@ -224,7 +237,7 @@ class ChannelGraph:
                          self.followers, base=self.base, blocks=self.blocks,
                          balanced=self.balanced, params=self.params, widths=self.widths,
                          norms=self.norms, norm_elems=self.norm_elems, param_dirt=self.param_dirt,
-                         shuffles=self.shuffles)
+                         shuffles=self.shuffles, rms_norms=self.rms_norms)
         g.uf.parent = list(self.base)
         g.link_and_block(modules)
         return g

@@ -5,8 +5,9 @@ layers, and some architectures derive the head size from the hidden size (BERT:
 ``hidden_size / num_attention_heads``). ``save_thinned`` therefore
 
 * rewrites the config's widths and head counts (``intermediate_size``, ``num_attention_heads``,
-  ``num_key_value_heads``, and ``head_dim`` where the config has one) when every layer has the
-  same widths and the config can say them: the directory then loads with the architecture's own
+  ``num_key_value_heads``, and ``head_dim`` where the config has one; for a Llama-style decoder
+  whose residual stream was thinned, ``hidden_size`` and ``rms_norm_eps``, the epsilon its RMS
+  norms were rescaled to) when every layer has the same widths and the config can say them: the directory then loads with the architecture's own
   ``from_pretrained``, nothing of this library needed;
 * otherwise (per-layer widths differ, or BERT lost heads) keeps the dense config and says why; the
   directory then loads with ``load_thinned``, which builds the dense model, replays the recorded
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..errors import CompressorError
 from ..graph.attention import find_heads
+from ..graph.stream import find_decoder, rms_eps_attr
 from ..thinning.record import recipes_of
 
 RECORD = "compressor_thinning.json"
@@ -49,9 +51,15 @@ class SavedModel:
 
 def layer_widths(model: nn.Module) -> Dict[str, List[int]]:
     """Per layer, in model order: MLP neurons ('intermediate_size'), query heads
-    ('num_attention_heads'), key/value heads ('num_key_value_heads'), head sizes ('head_dim')."""
+    ('num_attention_heads'), key/value heads ('num_key_value_heads'), head sizes ('head_dim');
+    for a Llama-style decoder, the width of its embedding and of every RMS norm ('hidden_size')."""
     out: Dict[str, List[int]] = {"intermediate_size": [], "num_attention_heads": [],
                                  "num_key_value_heads": [], "head_dim": []}
+    dec = find_decoder(model)
+    if not isinstance(dec, str):
+        mods = dict(model.named_modules())
+        out["hidden_size"] = [mods[dec.embed].embedding_dim] + [
+            mods[p].weight.shape[0] for p in _norms(dec)]
     for name, mod in model.named_modules():
         h = find_heads(name, mod)
         if h is not None:
@@ -67,6 +75,20 @@ def layer_widths(model: nn.Module) -> Dict[str, List[int]]:
     return out
 
 
+def _norms(dec) -> List[str]:
+    return [p for L in dec.layers for p in (L.norm1, L.norm2)] + [dec.norm]
+
+
+def _rms_eps(model: nn.Module) -> List[float]:
+    """The epsilon of every RMS norm of a Llama-style decoder (empty for other models)."""
+    dec = find_decoder(model)
+    if isinstance(dec, str):
+        return []
+    mods = dict(model.named_modules())
+    eps = [getattr(mods[p], rms_eps_attr(mods[p]) or "", None) for p in _norms(dec)]
+    return [e for e in eps if isinstance(e, float)]
+
+
 def _config_for(model: nn.Module, widths: Dict[str, List[int]]):
     """(a config with the thinned widths, None) or (None, why the config cannot say them)."""
     config = copy.deepcopy(model.config)
@@ -77,6 +99,15 @@ def _config_for(model: nn.Module, widths: Dict[str, List[int]]):
     for key in ("intermediate_size", "num_attention_heads", "num_key_value_heads"):
         if widths[key] and hasattr(config, key):
             setattr(config, key, widths[key][0])
+    hidden = widths.get("hidden_size")
+    if hidden and hidden[0] != getattr(config, "hidden_size", hidden[0]):
+        eps = sorted(set(_rms_eps(model)))
+        if len(eps) != 1 or not hasattr(config, "rms_norm_eps") or \
+                not hasattr(config, "head_dim"):
+            return None, (f"the hidden size is now {hidden[0]}, and {type(config).__name__} cannot "
+                          f"say it with one rms_norm_eps and an explicit head_dim (norm epsilons "
+                          f"{eps})")
+        config.hidden_size, config.rms_norm_eps = hidden[0], eps[0]
     if widths["head_dim"]:
         d = widths["head_dim"][0]
         if hasattr(config, "head_dim"):

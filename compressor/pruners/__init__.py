@@ -10,7 +10,7 @@ from .nm_sparsity import NMSparsityPruner, nm_mask
 from .oneshot import CalibratedPruner, OneShotMagnitudePruner, SparseGPTPruner, WandaPruner
 from .slimming import NetworkSlimmingPruner
 from .splicing import SplicingPruner
-from .heads import AttentionHeadPruner, MLPNeuronPruner
+from .heads import AttentionHeadPruner, HiddenSizePruner, MLPNeuronPruner
 from .structured import (AGPTarget, FixedTarget, RandomLevelTarget, RankedStructurePruner,
                          structures_to_prune)
 from .structured_names import (ActivationAPoZRankedFilterPruner, ActivationAPoZRankedFilterPruner_AGP,

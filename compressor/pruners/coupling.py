@@ -71,8 +71,13 @@ def _coupling(model: nn.Module):
     g = analyze_graph(inner, example)
     order = [n for n, _ in inner.named_parameters()]
     classes = g.coupled_classes(order)
-    found = (g.coupled_groups(order), classes, balanced_cells(g, order), _layers(g),
-             _balanced_parts(g, classes))
+    # the structures these pruners cut are dim 0 of a weight (filters, output neurons); a layer
+    # whose channels lie along another dim (an embedding's columns: a decoder's residual stream,
+    # ranked by HiddenSizePruner) is left out of their units
+    other = {p.weight for p in g.producers if p.out_dim != 0}
+    groups = [[w for w in grp if w not in other] for grp in g.coupled_groups(order)]
+    found = ([grp for grp in groups if len(grp) > 1], classes, balanced_cells(g, order),
+             _layers(g), _balanced_parts(g, classes))
     _GROUPS_CACHE[inner] = (signature, found)
     return found
 
@@ -116,6 +121,8 @@ def _layers(g) -> Dict[str, LayerFacts]:
     ok = set(thinnable)
     out: Dict[str, LayerFacts] = {}
     for p in g.producers:
+        if p.out_dim != 0:      # not a filter / output neuron structure (see ``_coupling``)
+            continue
         roots = g.roots(p.ids)
         hard = next((g.hard.get(r) or g.dirty.get(r) for r in roots
                      if g.hard.get(r) or g.dirty.get(r)), None)

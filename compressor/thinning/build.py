@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ThinningError
 from .bn_plan import bn_shift, named_tensors
+from .rms import rescales_for
 from ..graph import ChannelGraph, Follower
 from .recipe import (RECIPE_VERSION, SELECTION_RECIPE_VERSION, SHUFFLE_RECIPE_VERSION,
                      ModuleChange, Recipe, Selection, ShuffleChange, SliceOp, TensorChange)
@@ -147,11 +148,12 @@ def build_recipe(plan: "Plan", model: nn.Module) -> ThinningResult:
                 if n:
                     result.nonzero_bias_layers[f.module] = result.nonzero_bias_layers.get(f.module, 0) + n
     shuffles = _shuffles(graph, removed)
+    rms = rescales_for(graph, removed)   # RMS norms that lose channels (thinning.rms)
     result.nonzero_bias_removed = sum(result.nonzero_bias_layers.values())
     version = SHUFFLE_RECIPE_VERSION if shuffles else \
         SELECTION_RECIPE_VERSION if selections else RECIPE_VERSION
     result.typed_recipe = Recipe(plan.kind, modules, entries, selections or None, version,
-                                 shuffles or None)
+                                 shuffles or None, rms_norms=rms or None)
     return result
 
 

@@ -20,6 +20,7 @@ from ..masks import unwrap
 from .mha import make_thin
 from .recipe import Recipe, Selection, SliceOp, as_recipe
 from .record import record_recipe
+from .rms import apply_rescale, check_rescale
 from .selection import can_select, set_selection
 from .shuffle import can_shuffle, set_shuffle
 
@@ -106,6 +107,8 @@ def _check_recipe(model: nn.Module, recipe: Recipe, shapes: Dict[str, List[int]]
         _check_selection(model, mname, spec, shapes, where)
     for mname, spec in (recipe.shuffles or {}).items():
         _check_shuffle(model, mname, spec, where)
+    for mname, spec in (recipe.rms_norms or {}).items():
+        check_rescale(model, mname, spec, shapes, where)
 
 
 def _check_shuffle(model: nn.Module, mname: str, spec, where: str) -> None:
@@ -210,6 +213,8 @@ def _apply_one(model: nn.Module, recipe: Recipe, optimizer, store) -> None:
         set_selection(model.get_submodule(mname), spec.in_channels, spec.index)
     for mname, spec in (recipe.shuffles or {}).items():   # a ShuffleNet unit (thinning.shuffle)
         set_shuffle(model.get_submodule(mname), spec.split, spec.index)
+    for mname, spec in (recipe.rms_norms or {}).items():  # after its weight was sliced
+        apply_rescale(model, mname, spec)
 
 
 def _prefixes(name: str) -> List[str]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..graph import ChannelGraph, Producer
 from ..graph.attention import find_heads, window_base, window_heads
+from .rms import stream_roots
 
 
 def attention_outputs(model: nn.Module) -> Set[str]:
@@ -38,6 +39,15 @@ def attention_outputs(model: nn.Module) -> Set[str]:
             if wh is not None and not isinstance(wh, str):
                 out.add(f"{name}.{wh.proj}" if name else wh.proj)
     return out
+
+
+def stream_readers(graph: ChannelGraph) -> Set[str]:
+    """The layers reading the residual stream (hidden size) of a Llama-style decoder, whose
+    classes the RMS norms read too (``graph.stream``): q/k/v/gate/up projections, ``lm_head``.
+    Every one reads the same classes, so ranking through any one ranks the stream."""
+    roots = stream_roots(graph)
+    return {c.module for c in graph.consumers if roots and
+            any(r in roots for r in graph.roots(c.ids))}
 
 
 def class_scores(graph: ChannelGraph, model: nn.Module) -> Dict[int, float]:

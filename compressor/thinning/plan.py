@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ThinningError
 from .bn_plan import add_selections, named_tensors
+from .rms import stream_roots
 from ..graph import ChannelGraph, Consumer, Producer
 
 MODES = ("remove_filters", "remove_channels", "contract_model")
@@ -98,6 +99,7 @@ def make_plan(graph: ChannelGraph, model: nn.Module, kind: str) -> Plan:
             for r, z in zip(roots, czero[k]):
                 cz[r] = cz.get(r, True) and z
     ignored = {r for r, z in cz.items() if z} if by_channels else set()
+    ignored -= stream_roots(graph)   # an RMS norm still counts an unread channel (thinning.rms)
     wanted = ({r for r, z in fz.items() if z} if by_filters else set()) | ignored
 
     errors: Dict[str, str] = {}

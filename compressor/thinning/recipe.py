@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ..errors import ThinningError
+from .rms import NormRescale, parse_rescale
 
 RECIPE_VERSION = 1             # tensors and module attributes
 SELECTION_RECIPE_VERSION = 2   # plus "selections"; older readers would ignore them
 SHUFFLE_RECIPE_VERSION = 3     # plus "shuffles" (thin shuffle units); older readers would too
 KNOWN_VERSIONS = (RECIPE_VERSION, SELECTION_RECIPE_VERSION, SHUFFLE_RECIPE_VERSION)
-_KEYS = ("version", "kind", "modules", "tensors", "selections", "shuffles")
+_KEYS = ("version", "kind", "modules", "tensors", "selections", "rms_norms", "shuffles")
 
 
 class RecipeError(ThinningError):
@@ -93,6 +94,8 @@ class Recipe:
     selections: Optional[Dict[str, Selection]] = None
     version: int = RECIPE_VERSION
     shuffles: Optional[Dict[str, ShuffleChange]] = None
+    #: RMS norms that lose channels: their weight and epsilon rescaled (``thinning.rms``)
+    rms_norms: Optional[Dict[str, NormRescale]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The plain data of this recipe, in the layout and key order checkpoints hold."""
@@ -105,6 +108,8 @@ class Recipe:
             out["selections"] = {m: s.to_dict() for m, s in self.selections.items()}
         if self.shuffles is not None:
             out["shuffles"] = {m: s.to_dict() for m, s in self.shuffles.items()}
+        if self.rms_norms is not None:
+            out["rms_norms"] = {m: s.to_dict() for m, s in self.rms_norms.items()}
         return out
 
     @classmethod
@@ -115,7 +120,8 @@ class Recipe:
         if not isinstance(data, Mapping) or not isinstance(data.get("tensors"), Mapping) or \
                 not isinstance(data.get("modules"), Mapping) or \
                 not isinstance(data.get("selections", {}), Mapping) or \
-                not isinstance(data.get("shuffles", {}), Mapping):
+                not isinstance(data.get("shuffles", {}), Mapping) or \
+                not isinstance(data.get("rms_norms", {}), Mapping):
             raise RecipeError(f"{where}: not a thinning recipe (expected a dict with 'tensors' and "
                               f"'modules'); got {type(data).__name__}")
         version = data.get("version", RECIPE_VERSION)
@@ -131,6 +137,7 @@ class Recipe:
             raise RecipeError(f"{where}: 'kind' must be a thinning function name, got {kind!r}")
         selections = data.get("selections")
         shuffles = data.get("shuffles")
+        rms = data.get("rms_norms")
         return cls(kind=kind,
                    modules={_name(m, where): _module(m, a, where) for m, a in data["modules"].items()},
                    tensors={_name(n, where): _tensor(n, e, where) for n, e in data["tensors"].items()},
@@ -138,7 +145,10 @@ class Recipe:
                    {_name(m, where): _selection(m, s, where) for m, s in selections.items()},
                    version=version,
                    shuffles=None if shuffles is None else
-                   {_name(m, where): _shuffle(m, s, where) for m, s in shuffles.items()})
+                   {_name(m, where): _shuffle(m, s, where) for m, s in shuffles.items()},
+                   rms_norms=None if rms is None else
+                   {_name(m, where): parse_rescale(m, s, where, RecipeError)
+                    for m, s in rms.items()})
 
 
 def as_recipe(recipe: Union[Recipe, Mapping], where: str = "thinning recipe") -> Recipe:
