@@ -391,13 +391,15 @@ def join_stream(merger, model: nn.Module, example: Any) -> Set[str]:
         outs = [L.attn.o for L in dec.layers] + [f"{L.mlp}.down_proj" for L in dec.layers]
     if why is None:
         why = _check_rows(g, outs, rows)
+    if why is None:   # a block that blocks its own output rows (beyond keeping them) says so
+        why = next((f"'{m}': {d[i]}" for m in outs for i in rows[m].ids
+                    for d in (merger.hard, merger.dirty) if i in d), None)
     if why is not None:
         for m in outs:
             p = rows.get(m)
             if p is not None:
                 for i in p.ids:
                     merger.soft[i] = f"{KEPT}: {why}"
-                    merger.hard.pop(i, None)
         return set()
     mods = dict(model.named_modules())
     n = dec.width
@@ -407,9 +409,8 @@ def join_stream(merger, model: nn.Module, example: Any) -> Set[str]:
     def join(xs: List[int]) -> None:
         for a, b in zip(ids, xs):
             uf.union(a, b)
-        for i in xs:
-            for d in (merger.hard, merger.soft, merger.dirty):
-                d.pop(i, None)
+        for i in xs:     # kept only as their block's output (checked above): now joined
+            merger.soft.pop(i, None)
 
     def reads(path: str) -> None:
         g.consumers.append(Consumer(path, f"{path}.weight", 1, list(ids), "dense",
