@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import io
 import json
 import os
 import subprocess

@@ -26,7 +26,7 @@ previous one's output (tied embeddings included). Elsewhere the stream stays kep
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.fx

@@ -111,12 +111,16 @@ def _check_recipe(model: nn.Module, recipe: Recipe, shapes: Dict[str, List[int]]
         check_rescale(model, mname, spec, shapes, where)
 
 
-def _check_shuffle(model: nn.Module, mname: str, spec, where: str) -> None:
-    """A shuffle entry names a shuffle unit; a unit that splits its input gets two sizes."""
+def _submodule(model: nn.Module, mname: str, where: str) -> nn.Module:
     try:
-        mod = model.get_submodule(mname)
+        return model.get_submodule(mname)
     except AttributeError:
         raise ThinningError(f"{where}: the model has no module '{mname}'") from None
+
+
+def _check_shuffle(model: nn.Module, mname: str, spec, where: str) -> None:
+    """A shuffle entry names a shuffle unit; a unit that splits its input gets two sizes."""
+    mod = _submodule(model, mname, where)
     if not can_shuffle(mod):
         raise ThinningError(f"{where}: module '{mname}' ({type(mod).__name__}) is not a shuffle "
                             f"unit (torchvision's ShuffleNet-V2 InvertedResidual is)")
@@ -130,10 +134,7 @@ def _check_shuffle(model: nn.Module, mname: str, spec, where: str) -> None:
 def _check_selection(model: nn.Module, mname: str, spec: Selection, shapes: Dict[str, List[int]],
                      where: str) -> None:
     """A selection names a batch norm and reads one input channel per its channel."""
-    try:
-        mod = model.get_submodule(mname)
-    except AttributeError:
-        raise ThinningError(f"{where}: the model has no module '{mname}'") from None
+    mod = _submodule(model, mname, where)
     if not can_select(mod):
         raise ThinningError(f"{where}: module '{mname}' ({type(mod).__name__}) cannot select "
                             f"channels (a BatchNorm1d/2d/3d can)")
