@@ -45,6 +45,7 @@ from torch import nn
 
 from ..graph.attention import MAXVIT, SWIN, SWIN_V2
 from ..graph.nodes import qualified_name
+from .swap import swap_class
 
 
 def _additive(mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -208,7 +209,4 @@ def make_thin(mod: nn.Module) -> nn.Module:
         return mod
     if mixin is _ThinWindow:
         mod.head_dim = mod.qkv.in_features // mod.num_heads
-    if cls not in _THIN:
-        _THIN[cls] = type(f"Thin{cls.__name__}", (mixin, cls), {"__module__": __name__})
-    mod.__class__ = _THIN[cls]
-    return mod
+    return swap_class(mod, mixin, _THIN)

@@ -25,6 +25,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .swap import set_index_buffer
+
 
 class _ChannelSelecting:
     """Mixin: ``forward(x)`` is the batch norm of ``x.index_select(1, self.index)``."""
@@ -75,11 +77,5 @@ def set_selection(bn: nn.Module, in_channels: int, index: Sequence[int]) -> None
     """
     if not is_selecting(bn):
         bn.__class__ = _SELECTING[type(bn)]
-    ref = next(iter(list(bn.parameters(recurse=False)) + list(bn.buffers(recurse=False))), None)
-    device = ref.device if ref is not None else None
-    idx = torch.tensor(list(index), dtype=torch.long, device=device)
-    if "index" in bn._buffers:
-        bn._buffers["index"] = idx
-    else:
-        bn.register_buffer("index", idx)
+    set_index_buffer(bn, "index", index)
     bn.in_channels = int(in_channels)

@@ -20,6 +20,7 @@ import torch.fx
 from torch import nn
 
 from ..graph.shuffle import is_shuffle_unit, permute_channels, split_at
+from .swap import set_index_buffer, swap_class
 
 # one node each in the traced graph: graph.shuffle's named rules read them
 torch.fx.wrap("split_at")
@@ -51,26 +52,16 @@ _THIN: Dict[type, type] = {}
 
 def make_thin_unit(mod: nn.Module) -> nn.Module:
     """Make the shuffle unit ``mod`` its thin subclass in place (a thin one stays); returns it."""
-    cls = type(mod)
-    if getattr(cls, "thin_shuffle_unit", False):
+    if getattr(type(mod), "thin_shuffle_unit", False):
         return mod
-    if cls not in _THIN:
-        _THIN[cls] = type(f"Thin{cls.__name__}", (_ThinShuffleUnit, cls), {"__module__": __name__})
-    mod.__class__ = _THIN[cls]
-    return mod
+    return swap_class(mod, _ThinShuffleUnit, _THIN)
 
 
 def set_shuffle(mod: nn.Module, split: Optional[Sequence[int]], index: Sequence[int]) -> None:
     """Make ``mod`` thin and give it its split sizes and its shuffle's index."""
     make_thin_unit(mod)
     mod.split_sizes = None if split is None else tuple(int(n) for n in split)
-    ref = next(iter(mod.parameters()), None)
-    idx = torch.tensor(list(index), dtype=torch.long,
-                       device=ref.device if ref is not None else None)
-    if "shuffle_index" in mod._buffers:
-        mod._buffers["shuffle_index"] = idx
-    else:
-        mod.register_buffer("shuffle_index", idx, persistent=False)
+    set_index_buffer(mod, "shuffle_index", index, persistent=False)
 
 
 def can_shuffle(mod: nn.Module) -> bool:
