@@ -13,7 +13,7 @@ import os
 import platform
 import threading
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 import torch
 
@@ -69,6 +69,23 @@ def interleaved(variants: Mapping[str, Callable[[], object]], rounds: int,
             if r >= warmup:
                 times[name].append(dt)
     return times
+
+
+def interleaved_wall_cpu(variants: Mapping[str, Callable[[], object]], rounds: int,
+                         warmup: int = 1) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """``interleaved``'s wall seconds per call and the CPU seconds (``time.process_time``: every
+    thread of this process) of the same calls, both without the warm-up rounds."""
+    cpu: Dict[str, List[float]] = {k: [] for k in variants}
+
+    def timed(name, fn):
+        def call():
+            c0 = time.process_time()
+            fn()
+            cpu[name].append(time.process_time() - c0)
+        return call
+
+    wall = interleaved({k: timed(k, f) for k, f in variants.items()}, rounds=rounds, warmup=warmup)
+    return wall, {k: v[warmup:] for k, v in cpu.items()}
 
 
 class Lockstep:

@@ -47,7 +47,7 @@ from compressor.models import create_model
 from compressor.thinning import contract_model
 from compressor.training import train_epoch
 
-from benchmarks import environment, interleaved, md_table, median
+from benchmarks import environment, interleaved_wall_cpu, md_table, median
 
 DENSE = os.path.join(ROOT, "schedules", "dense", "lenet5.yaml")
 THIN = os.path.join(ROOT, "schedules", "filters", "lenet5.l1_agp_thin.yaml")
@@ -94,19 +94,15 @@ def _compiled(module: nn.Module) -> Callable:
 def _time(variants: Dict[str, Callable], x: torch.Tensor, rounds: int,
           warmup: int) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Median wall and CPU (process_time) ms per call, interleaved; compiles happen in warm-up."""
-    cpu: Dict[str, List[float]] = {k: [] for k in variants}
-
-    def timed(name, fn):
-        def call():
-            c0 = time.process_time()
+    def call(fn):
+        def run():
             with torch.no_grad():
                 fn(x)
-            cpu[name].append(time.process_time() - c0)
-        return call
+        return run
 
-    wall = interleaved({k: timed(k, f) for k, f in variants.items()}, rounds=rounds, warmup=warmup)
+    wall, cpu = interleaved_wall_cpu({k: call(f) for k, f in variants.items()}, rounds, warmup)
     return ({k: 1e3 * median(v) for k, v in wall.items()},
-            {k: 1e3 * median(cpu[k][warmup:]) for k in variants})
+            {k: 1e3 * median(v) for k, v in cpu.items()})
 
 
 def lenet(data: str, quick: bool) -> str:

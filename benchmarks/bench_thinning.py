@@ -53,7 +53,7 @@ from compressor.models import create_model
 from compressor.summary import compute_totals, model_performance_summary
 from compressor.thinning import contract_model
 
-from benchmarks import interleaved, md_table, median, quantile
+from benchmarks import interleaved_wall_cpu, md_table, median, quantile
 
 FRACTION = 0.5
 TARGET_LATENCY_SHARE = 0.8      # latency ratio >= 80% of the MAC ratio, at batch 64
@@ -147,22 +147,15 @@ def latency(models: Dict[str, nn.Module], shape, batch: int, channels_last: bool
     forward pass of each model, interleaved."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(2)).to(memory_format=fmt)
-    cpu: Dict[str, List[float]] = {k: [] for k in models}
-
-    def forward(name, model):
+    def forward(model):
         model = model.to(memory_format=fmt)
 
         def call():
-            c0 = time.process_time()
             with torch.no_grad():
                 model(x)
-            cpu[name].append(time.process_time() - c0)
         return call
 
-    wall = interleaved({k: forward(k, m) for k, m in models.items()}, rounds=rounds, warmup=warmup)
-    for k in models:   # the warm-up rounds' calls come first
-        cpu[k] = cpu[k][warmup:]
-    return wall, cpu
+    return interleaved_wall_cpu({k: forward(m) for k, m in models.items()}, rounds, warmup)
 
 
 def fmt_s(xs: List[float]) -> str:

@@ -112,3 +112,21 @@ def test_benchmark_list_is_one_module_per_entry_with_run():
         assert md_table(["a", "b"], [["x", 1]]).splitlines() == ["| a | b |", "|:--|--:|", "| x | 1 |"]
     finally:
         sys.path.remove(str(ROOT))
+
+
+def test_interleaved_wall_cpu_drops_the_warm_up_calls_from_both():
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from benchmarks import interleaved_wall_cpu
+    calls = {"a": 0, "b": 0}
+
+    def variant(name):
+        def call():
+            calls[name] += 1
+            sum(range(2000))
+        return call
+
+    wall, cpu = interleaved_wall_cpu({k: variant(k) for k in calls}, rounds=3, warmup=2)
+    assert calls == {"a": 5, "b": 5}
+    assert {k: len(v) for k, v in wall.items()} == {k: len(v) for k, v in cpu.items()} == \
+        {"a": 3, "b": 3}
+    assert all(t >= 0 for v in cpu.values() for t in v)
